@@ -1,0 +1,48 @@
+"""The parts of an SD 1.x pipeline that training and evaluation use, in one container."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+
+@dataclass
+class SDComponents:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    source: str
+    """Where the weights came from: ``tiny``, a file path, a folder or a hub id."""
+    base_model_version: str = "sd_v1"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def to_pipeline(self, scheduler=None):
+        """A ``StableDiffusionPipeline`` over these modules (shared, not copied)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=scheduler or self.noise_scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )

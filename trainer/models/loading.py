@@ -1,0 +1,327 @@
+"""Load an SD 1.x base model from the ``model`` config group into :class:`SDComponents`.
+
+``model.path`` is one of: ``tiny`` (built in), a single-file checkpoint in the original SD layout
+(``.safetensors``; ``.ckpt``/``.pt``/``.pth`` only through a loader that refuses pickled code),
+a diffusers folder (``model_index.json``), or a hub id ``owner/name`` (needs the network).
+
+Single files are converted offline: the architecture comes from ``model.single_file_config``
+(the bundled ``sd15`` configs, the ``tiny`` configs, or a diffusers folder) and the keys are
+mapped by diffusers' own conversion functions, and loaded strictly (see ``ldm_format``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from omegaconf.errors import MissingMandatoryValue
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from trainer.errors import ConfigError, ModelLoadError
+from trainer.models import tiny
+from trainer.models.components import SDComponents
+from trainer.models.ldm_format import (
+    SINGLE_FILE_SUFFIXES,
+    read_state_dict,
+    text_encoder_from_ldm,
+    unet_from_ldm,
+    vae_from_ldm,
+)
+from trainer.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+ACCEPTED_PATHS = (
+    "'tiny', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a diffusers folder "
+    "containing model_index.json, or a Hugging Face hub id 'owner/name' (online only)"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FILE_LIKE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The ``model`` keys this module reads, validated."""
+
+    path: str
+    weights_seed: int = 0
+    prediction_type: str = "epsilon"
+    clip_skip: int = 1
+    vae: str | None = None
+    single_file_config: str = "sd15"
+
+
+def _cfg_value(cfg, key: str, default=None):
+    try:
+        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    except MissingMandatoryValue:
+        return default
+
+
+def read_model_settings(model_cfg) -> ModelSettings:
+    """Read and check the keys of ``model_cfg`` (a DictConfig, dict or dataclass)."""
+    problems = []
+    path = _cfg_value(model_cfg, "path")
+    if path in (None, "", "???"):
+        problems.append(f"model.path is required; accepted: {ACCEPTED_PATHS}")
+    prediction_type = _cfg_value(model_cfg, "prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        problems.append(
+            f"model.prediction_type: {prediction_type!r} is not allowed; "
+            f"allowed: {', '.join(PREDICTION_TYPES)}"
+        )
+    clip_skip = _cfg_value(model_cfg, "clip_skip", 1)
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
+        problems.append(f"model.clip_skip: {clip_skip!r} is not allowed; allowed: an int >= 1")
+    seed = _cfg_value(model_cfg, "weights_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        problems.append(f"model.weights_seed: {seed!r} is not allowed; allowed: an int")
+    if problems:
+        raise ConfigError(problems)
+    return ModelSettings(
+        path=str(path),
+        weights_seed=seed,
+        prediction_type=prediction_type,
+        clip_skip=clip_skip,
+        vae=_cfg_value(model_cfg, "vae") or None,
+        single_file_config=str(_cfg_value(model_cfg, "single_file_config") or "sd15"),
+    )
+
+
+def check_clip_skip(clip_skip: int, num_layers: int) -> None:
+    """``clip_skip`` counts layers from the end: 1 = last layer, ``num_layers`` = the first."""
+    if not 1 <= clip_skip <= num_layers:
+        raise ConfigError(
+            f"model.clip_skip: {clip_skip} is out of range for this text encoder; "
+            f"allowed: 1..{num_layers} (it has {num_layers} layers)"
+        )
+
+
+def classify_source(value: str, key: str = "model.path") -> tuple[str, str | Path]:
+    """``("single_file" | "folder", Path)`` or ``("hub", id)``; a clear error otherwise."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(
+                f"{key}: {path}: unsupported file type {path.suffix!r}; accepted: {ACCEPTED_PATHS}"
+            )
+        return "single_file", path
+    if path.is_dir():
+        return "folder", path
+    file_like = (
+        value.startswith(("/", ".", "~"))
+        or "\\" in value
+        or path.suffix.lower() in _FILE_LIKE_SUFFIXES
+    )
+    if _HUB_ID.match(value) and not file_like:
+        return "hub", value
+    if file_like or "/" in value:
+        raise ModelLoadError(f"{key}: file not found: {path} (accepted: {ACCEPTED_PATHS})")
+    raise ModelLoadError(f"{key}: {value!r} is not accepted; accepted: {ACCEPTED_PATHS}")
+
+
+# --- architecture configs for single files ----------------------------------------------------
+
+
+def _write_tiny_config_folder(folder: Path) -> None:
+    (folder / "unet").mkdir(parents=True)
+    (folder / "vae").mkdir()
+    (folder / "scheduler").mkdir()
+    unet = {"_class_name": "UNet2DConditionModel", **tiny.UNET_CONFIG}
+    vae = {"_class_name": "AutoencoderKL", **tiny.VAE_CONFIG}
+    (folder / "unet" / "config.json").write_text(json.dumps(unet, indent=2))
+    (folder / "vae" / "config.json").write_text(json.dumps(vae, indent=2))
+    DDPMScheduler.from_config(tiny.SCHEDULER_CONFIG).save_config(str(folder / "scheduler"))
+    CLIPTextConfig(**tiny.TEXT_CONFIG).save_pretrained(str(folder / "text_encoder"))
+    write_clip_tokenizer_files(folder / "tokenizer")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _materialised_tiny_configs(cache_dir: Path) -> Path:
+    """The tiny model's configs as a diffusers folder under ``cache_dir`` (written once).
+
+    Written to a temporary folder and renamed into place, so that concurrent trials never read
+    a half-written folder.
+    """
+    target = cache_dir / "model_configs" / "tiny"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
+    try:
+        _write_tiny_config_folder(scratch / "configs")
+        os.replace(scratch / "configs", target)
+    except OSError:
+        if not (target / "model_index.json").is_file():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def resolve_single_file_config(value: str, cache_dir: Path) -> Path:
+    """The diffusers config folder that describes a single file's architecture."""
+    if value == "sd15":
+        return BUNDLED_CONFIGS / "sd15"
+    if value == "tiny":
+        return _materialised_tiny_configs(cache_dir)
+    folder = Path(value).expanduser()
+    needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json")
+    if not all((folder / name).is_file() for name in needed):
+        raise ConfigError(
+            f"model.single_file_config: {value!r} is not allowed; allowed: 'sd15', 'tiny', or a "
+            f"diffusers folder containing {', '.join(needed)}"
+        )
+    return folder
+
+
+def training_scheduler(scheduler_config: dict, prediction_type: str) -> DDPMScheduler:
+    """SD's training noise schedule as a ``DDPMScheduler``, whatever scheduler the model ships.
+
+    Only the keys ``DDPMScheduler`` knows are passed on; SD never clips samples, so a config
+    that does not say otherwise gets ``clip_sample=False`` (DDPM's default is True).
+    """
+    known = inspect.signature(DDPMScheduler.__init__).parameters
+    config = {k: v for k, v in dict(scheduler_config).items() if k in known}
+    config.setdefault("clip_sample", False)
+    config["prediction_type"] = prediction_type
+    return DDPMScheduler.from_config(config)
+
+
+# --- single files -----------------------------------------------------------------------------
+
+
+def _tokenizer_from(folder: Path) -> CLIPTokenizer:
+    if (folder / "tokenizer" / "vocab.json").is_file():
+        return CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
+    return build_clip_tokenizer()
+
+
+def load_single_file(path: Path, settings: ModelSettings, cache_dir: Path) -> SDComponents:
+    """Convert an original-layout SD 1.x checkpoint into diffusers modules, offline."""
+    config_dir = resolve_single_file_config(settings.single_file_config, cache_dir)
+    where = f"{path} (read with model.single_file_config={settings.single_file_config!r})"
+    unet_config = UNet2DConditionModel.load_config(str(config_dir), subfolder="unet")
+    vae_config = AutoencoderKL.load_config(str(config_dir), subfolder="vae")
+    text_config = CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder"))
+    check_clip_skip(settings.clip_skip, text_config.num_hidden_layers)
+    scheduler_dir = config_dir / "scheduler"
+    scheduler_config = (
+        DDPMScheduler.load_config(str(config_dir), subfolder="scheduler")
+        if scheduler_dir.is_dir()
+        else tiny.SCHEDULER_CONFIG
+    )
+    checkpoint = read_state_dict(path)
+    return SDComponents(
+        unet=unet_from_ldm(checkpoint, unet_config, where),
+        vae=vae_from_ldm(checkpoint, vae_config, where),
+        text_encoder=text_encoder_from_ldm(checkpoint, text_config, where),
+        tokenizer=_tokenizer_from(config_dir),
+        noise_scheduler=training_scheduler(scheduler_config, settings.prediction_type),
+        source=str(path),
+    )
+
+
+# --- diffusers folders and the hub ------------------------------------------------------------
+
+
+def load_pretrained(source: str, prediction_type: str, local_only: bool) -> SDComponents:
+    """Load each module of a diffusers pipeline (the safety checker is never loaded)."""
+    options = {"local_files_only": local_only}
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **options)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **options)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **options)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options)
+    scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", **options)
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return SDComponents(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=training_scheduler(scheduler_config, prediction_type),
+        source=source,
+    )
+
+
+def _load_folder_or_hub(kind: str, location, prediction_type: str) -> SDComponents:
+    if kind == "folder" and not (Path(location) / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"model.path: {location} is a folder without model_index.json, so not a diffusers "
+            f"pipeline folder; accepted: {ACCEPTED_PATHS}"
+        )
+    try:
+        return load_pretrained(str(location), prediction_type, local_only=kind == "folder")
+    except _LOAD_ERRORS as error:
+        if kind == "folder":
+            raise ModelLoadError(
+                f"model.path: {location}: cannot load the folder: {error}"
+            ) from error
+        raise ModelLoadError(
+            f"model.path: {location!r} could not be loaded as a Hugging Face hub id ({error}); "
+            f"accepted: {ACCEPTED_PATHS}"
+        ) from error
+
+
+def load_vae(value: str, base_config: dict) -> AutoencoderKL:
+    """A replacement VAE from a single file (read with ``base_config``), a folder or a hub id."""
+    kind, location = classify_source(value, key="model.vae")
+    if kind == "single_file":
+        where = f"model.vae: {location}"
+        return vae_from_ldm(read_state_dict(location), dict(base_config), where)
+    if kind == "folder":
+        subfolders = ["vae"] if (Path(location) / "vae").is_dir() else [None]
+    else:
+        subfolders = [None, "vae"]  # a VAE repo, or a pipeline repo's vae/ folder
+    errors = []
+    for subfolder in subfolders:
+        try:
+            return AutoencoderKL.from_pretrained(
+                str(location), subfolder=subfolder, local_files_only=kind == "folder"
+            ).eval()
+        except _LOAD_ERRORS as error:
+            errors.append(error)
+    raise ModelLoadError(
+        f"model.vae: {value!r}: cannot load a VAE ({errors[0]}); accepted: a single file, a "
+        "diffusers VAE folder (config.json) or pipeline folder (vae/), or a hub id"
+    ) from errors[0]
+
+
+def load_model(model_cfg, cache_dir: str | Path | None = None) -> SDComponents:
+    """Build the training components the ``model`` config group describes.
+
+    ``cache_dir`` receives derived files (the tiny model's config folder); default: a folder
+    in the system's temporary directory.
+    """
+    settings = read_model_settings(model_cfg)
+    cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lorasweep"
+    if settings.path == "tiny":
+        components = tiny.build_tiny_components(settings.weights_seed, settings.prediction_type)
+    else:
+        kind, location = classify_source(settings.path)
+        if kind == "single_file":
+            components = load_single_file(location, settings, cache_dir)
+        else:
+            components = _load_folder_or_hub(kind, location, settings.prediction_type)
+    if settings.vae:
+        components.vae = load_vae(settings.vae, components.vae.config)
+    check_clip_skip(settings.clip_skip, components.text_encoder.config.num_hidden_layers)
+    components.extra.update(clip_skip=settings.clip_skip, vae_source=settings.vae)
+    return components
