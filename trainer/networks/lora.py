@@ -1,0 +1,389 @@
+"""LoRA-LierLa / LoRA-C3Lier adapters on an SD 1.x UNet and CLIP text encoder, built on peft.
+
+Which modules get adapters follows kohya sd-scripts, so that files are interchangeable:
+
+* LierLa (``network.type: lora``): every ``nn.Linear`` and 1x1 ``nn.Conv2d`` inside the UNet's
+  ``Transformer2DModel`` blocks (attention q/k/v/out, feed-forward, proj_in/proj_out), and every
+  ``nn.Linear`` inside the text encoder's ``CLIPAttention`` and ``CLIPMLP``; rank ``dim``.
+* C3Lier (``network.type: locon``): the above plus, inside ``ResnetBlock2D`` / ``Downsample2D``
+  / ``Upsample2D``, the 3x3 convolutions (rank ``conv_dim``) and the Linear / 1x1 convolutions
+  (``time_emb_proj``, ``conv_shortcut``; rank ``dim``).
+
+peft wraps each base layer (``base(x) + B(A(dropout(x))) * alpha / r``); the base weights are
+frozen and ``B`` starts at zero, so at step 0 the adapted model equals the base model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
+
+from trainer.errors import ConfigError, ModelLoadError
+from trainer.networks import kohya_format as kf
+
+ADAPTER_NAME = "lorasweep"
+NETWORK_TYPES = ("lora", "locon")
+# Both LierLa and C3Lier are kohya's ``networks.lora``; C3Lier is switched on by conv args.
+KOHYA_NETWORK_MODULE = "networks.lora"
+
+# Tuples, not lists: nothing can extend them in place and change later networks.
+UNET_LINEAR_PARENTS: tuple[type[nn.Module], ...] = (Transformer2DModel,)
+UNET_CONV_PARENTS: tuple[type[nn.Module], ...] = (ResnetBlock2D, Downsample2D, Upsample2D)
+TEXT_ENCODER_PARENTS: tuple[type[nn.Module], ...] = (CLIPAttention, CLIPMLP)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A validated network config, with alpha 0 already resolved to the rank."""
+
+    type: str
+    dim: int
+    alpha: float
+    conv_dim: int | None
+    conv_alpha: float | None
+    dropout: float
+    train_unet: bool
+    train_text_encoder: bool
+
+
+@dataclass(frozen=True)
+class AdaptedModule:
+    """One peft-wrapped layer and its kohya identity."""
+
+    kohya_name: str
+    component: str  # "unet" or "text_encoder"
+    path: str  # module path inside its component
+    kind: str  # "linear", "conv1x1" or "conv3x3"
+    rank: int
+    alpha: float
+    layer: LoraLayer
+
+    @property
+    def down(self) -> torch.Tensor:
+        return self.layer.lora_A[ADAPTER_NAME].weight
+
+    @property
+    def up(self) -> torch.Tensor:
+        return self.layer.lora_B[ADAPTER_NAME].weight
+
+
+def _get(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, Mapping):
+        if key not in cfg:
+            raise ConfigError(f"network.{key} is missing")
+        return cfg[key]
+    if not hasattr(cfg, key):
+        raise ConfigError(f"network.{key} is missing")
+    return getattr(cfg, key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_rank_alpha(
+    problems: list[str], dim_key: str, dim: Any, alpha_key: str, alpha: Any
+) -> float | None:
+    """Validate one (rank, alpha) pair; return alpha with 0 meaning alpha = rank."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        problems.append(f"network.{dim_key} = {dim!r}; must be an integer >= 1")
+        return None
+    if not _is_number(alpha) or alpha < 0:
+        problems.append(f"network.{alpha_key} = {alpha!r}; must be a number >= 0 (0 = {dim_key})")
+        return None
+    if alpha > dim:
+        problems.append(
+            f"network.{alpha_key} = {alpha} exceeds network.{dim_key} = {dim}; alpha must be "
+            f"in [0, {dim_key}] (0 means alpha = {dim_key})"
+        )
+        return None
+    return float(dim if alpha == 0 else alpha)
+
+
+def resolve_network_config(network_cfg: Any) -> LoraSpec:
+    """Validate ``network_cfg`` (DictConfig, mapping or dataclass); list every problem at once."""
+    problems: list[str] = []
+    net_type = _get(network_cfg, "type")
+    if net_type not in NETWORK_TYPES:
+        problems.append(f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}")
+    dim = _get(network_cfg, "dim")
+    alpha = _check_rank_alpha(problems, "dim", dim, "alpha", _get(network_cfg, "alpha"))
+    conv_dim, conv_alpha = _get(network_cfg, "conv_dim"), _get(network_cfg, "conv_alpha")
+    if net_type == "locon":
+        if conv_dim is None or conv_alpha is None:
+            problems.append(
+                f"network.type = 'locon' needs network.conv_dim and network.conv_alpha "
+                f"(got conv_dim={conv_dim!r}, conv_alpha={conv_alpha!r})"
+            )
+        else:
+            conv_alpha = _check_rank_alpha(
+                problems, "conv_dim", conv_dim, "conv_alpha", conv_alpha
+            )
+    elif conv_dim is not None or conv_alpha is not None:
+        problems.append(
+            f"network.conv_dim = {conv_dim!r} / network.conv_alpha = {conv_alpha!r} are set but "
+            f"network.type = {net_type!r} has no conv adapters: use network=locon or set both null"
+        )
+    dropout = _get(network_cfg, "dropout")
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        problems.append(f"network.dropout = {dropout!r}; must be a number in [0, 1)")
+    train_unet = _get(network_cfg, "train_unet")
+    train_te = _get(network_cfg, "train_text_encoder")
+    for key, value in (("train_unet", train_unet), ("train_text_encoder", train_te)):
+        if not isinstance(value, bool):
+            problems.append(f"network.{key} = {value!r}; must be true or false")
+    if train_unet is False and train_te is False:
+        problems.append(
+            "network.train_unet and network.train_text_encoder are both false; "
+            "at least one must be true"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return LoraSpec(
+        type=net_type,
+        dim=dim,
+        alpha=alpha,
+        conv_dim=conv_dim if net_type == "locon" else None,
+        conv_alpha=conv_alpha if net_type == "locon" else None,
+        dropout=float(dropout),
+        train_unet=train_unet,
+        train_text_encoder=train_te,
+    )
+
+
+def _layer_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv1x1" if tuple(module.kernel_size) == (1, 1) else "conv3x3"
+    return None
+
+
+def _targets_in(
+    model: nn.Module, parents: tuple[type[nn.Module], ...], kinds: set[str]
+) -> dict[str, str]:
+    """Paths (-> kind) of the layers of ``kinds`` that lie inside a module of ``parents``."""
+    found: dict[str, str] = {}
+    for parent_path, parent in model.named_modules():
+        if not isinstance(parent, parents):
+            continue
+        for child_path, child in parent.named_modules():
+            kind = _layer_kind(child)
+            if child_path and kind in kinds:
+                found[f"{parent_path}.{child_path}" if parent_path else child_path] = kind
+    return found
+
+
+def find_unet_targets(unet: nn.Module, with_conv: bool) -> dict[str, str]:
+    """UNet module paths to adapt, each with its kind (``linear``, ``conv1x1``, ``conv3x3``)."""
+    targets = _targets_in(unet, UNET_LINEAR_PARENTS, {"linear", "conv1x1"})
+    if with_conv:
+        targets.update(_targets_in(unet, UNET_CONV_PARENTS, {"linear", "conv1x1", "conv3x3"}))
+    return dict(sorted(targets.items()))
+
+
+def find_text_encoder_targets(text_encoder: nn.Module) -> dict[str, str]:
+    """Text-encoder module paths to adapt (all Linear layers of attention and MLP blocks)."""
+    return dict(sorted(_targets_in(text_encoder, TEXT_ENCODER_PARENTS, {"linear"}).items()))
+
+
+def _peft_config(targets: dict[str, str], spec: LoraSpec) -> LoraConfig:
+    # Exact full paths; rank/alpha patterns are regexes, hence the escaping.
+    conv = [re.escape(path) for path, kind in targets.items() if kind == "conv3x3"]
+    return LoraConfig(
+        r=spec.dim,
+        lora_alpha=spec.alpha,
+        target_modules=list(targets),
+        rank_pattern={p: spec.conv_dim for p in conv},
+        alpha_pattern={p: spec.conv_alpha for p in conv},
+        lora_dropout=spec.dropout,
+        init_lora_weights=True,  # A: kaiming-uniform, B: zeros
+        bias="none",
+    )
+
+
+def _adapt(
+    model: nn.Module, component: str, targets: dict[str, str], spec: LoraSpec
+) -> list[AdaptedModule]:
+    model.add_adapter(_peft_config(targets, spec), adapter_name=ADAPTER_NAME)
+    wrapped = sum(isinstance(m, LoraLayer) for m in model.modules())
+    if wrapped != len(targets):
+        raise RuntimeError(f"peft wrapped {wrapped} {component} layers, expected {len(targets)}")
+    modules = []
+    for path, kind in targets.items():
+        layer = model.get_submodule(path)
+        if not isinstance(layer, LoraLayer):
+            raise RuntimeError(f"peft did not wrap {component}.{path}")
+        rank, alpha = layer.r[ADAPTER_NAME], float(layer.lora_alpha[ADAPTER_NAME])
+        modules.append(
+            AdaptedModule(
+                kf.kohya_module_name(component, path), component, path, kind, rank, alpha, layer
+            )
+        )
+        for param in (
+            *layer.lora_A[ADAPTER_NAME].parameters(),
+            *layer.lora_B[ADAPTER_NAME].parameters(),
+        ):
+            param.requires_grad_(True)
+    return modules
+
+
+def apply_lora(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> LoraNetwork:
+    """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters."""
+    spec = resolve_network_config(network_cfg)
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    modules: list[AdaptedModule] = []
+    if spec.train_unet:
+        targets = find_unet_targets(unet, with_conv=spec.type == "locon")
+        modules += _adapt(unet, "unet", targets, spec)
+    if spec.train_text_encoder:
+        modules += _adapt(
+            text_encoder, "text_encoder", find_text_encoder_targets(text_encoder), spec
+        )
+    return LoraNetwork(spec, modules)
+
+
+class LoraNetwork:
+    """The adapters added by ``apply_lora``: parameters, kohya state dict, norms, strength."""
+
+    def __init__(self, spec: LoraSpec, modules: list[AdaptedModule]):
+        self.spec = spec
+        self.modules: tuple[AdaptedModule, ...] = tuple(modules)
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.modules)
+
+    def _parameters(self, component: str) -> list[nn.Parameter]:
+        return [p for m in self.modules if m.component == component for p in (m.down, m.up)]
+
+    def unet_parameters(self) -> list[nn.Parameter]:
+        return self._parameters("unet")
+
+    def text_encoder_parameters(self) -> list[nn.Parameter]:
+        return self._parameters("text_encoder")
+
+    def kohya_info(self) -> dict[str, Any]:
+        """The network part of kohya's ``ss_`` metadata (see ``metadata.kohya_metadata``)."""
+        args = {}
+        if self.spec.type == "locon":
+            # kohya passes network args as strings on the command line and saves them so.
+            args = {"conv_dim": str(self.spec.conv_dim), "conv_alpha": str(self.spec.conv_alpha)}
+        return {
+            "network_module": KOHYA_NETWORK_MODULE,
+            "network_dim": self.spec.dim,
+            "network_alpha": self.spec.alpha,
+            "network_args": args,
+        }
+
+    def kohya_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Adapter weights under kohya's names, detached copies on the CPU in ``dtype``."""
+        out: dict[str, torch.Tensor] = {}
+        for m in self.modules:
+            down, up, alpha = kf.lora_keys(m.kohya_name)
+            out[down] = m.down.detach().to("cpu", dtype, copy=True)
+            out[up] = m.up.detach().to("cpu", dtype, copy=True)
+            out[alpha] = torch.tensor(m.alpha, dtype=dtype)
+        return out
+
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], source: str = "LoRA state dict"
+    ) -> None:
+        """Copy a kohya state dict into the adapters; keys, shapes and alphas must all match.
+
+        ``source`` (e.g. the file path) names the state dict in the error message.
+        """
+        expected = {k: m for m in self.modules for k in kf.lora_keys(m.kohya_name)}
+        problems = _key_problems(set(state_dict), set(expected))
+        for key, module in expected.items():
+            if key in state_dict:
+                problems += _value_problems(key, state_dict[key], module)
+        if problems:
+            raise ModelLoadError(
+                f"{source} does not match the network:\n  " + "\n  ".join(problems)
+            )
+        with torch.no_grad():
+            for m in self.modules:
+                down, up, _ = kf.lora_keys(m.kohya_name)
+                m.down.copy_(state_dict[down].to(m.down.device, m.down.dtype))
+                m.up.copy_(state_dict[up].to(m.up.device, m.up.dtype))
+
+    def delta_norms(self) -> Iterator[tuple[AdaptedModule, float]]:
+        """Frobenius norm of each module's weight delta ``up @ down * alpha / rank``."""
+        with torch.no_grad():
+            for m in self.modules:
+                yield m, float(_delta(m).norm())
+
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """kohya's ``scale_weight_norms``: cap each module's delta-W Frobenius norm.
+
+        A module whose norm exceeds ``max_norm`` has ``up`` and ``down`` both multiplied by
+        ``sqrt(max_norm / norm)``, so its delta shrinks to exactly ``max_norm``. Returns
+        (modules scaled, mean norm, max norm), the norms measured after scaling.
+        """
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        scaled, norms = 0, []
+        with torch.no_grad():
+            for m, norm in list(self.delta_norms()):
+                if norm > max_norm:
+                    factor = (max_norm / norm) ** 0.5
+                    m.down.mul_(factor)
+                    m.up.mul_(factor)
+                    scaled += 1
+                    norm = max_norm
+                norms.append(norm)
+        return scaled, sum(norms) / len(norms), max(norms)
+
+    def set_scale(self, unet_scale: float, te_scale: float) -> None:
+        """Strength multipliers (1.0 = as trained, 0.0 = base model) for evaluation."""
+        for m in self.modules:
+            m.layer.set_scale(ADAPTER_NAME, unet_scale if m.component == "unet" else te_scale)
+
+
+def _delta(m: AdaptedModule) -> torch.Tensor:
+    # Conv kernels flatten to [r, in*kh*kw] (down) and [out, r] (up): the product is the
+    # flattened conv delta, with the same Frobenius norm.
+    return m.up.flatten(1).float() @ m.down.flatten(1).float() * (m.alpha / m.rank)
+
+
+def _value_problems(key: str, got: torch.Tensor, module: AdaptedModule) -> list[str]:
+    if key.endswith(kf.ALPHA_SUFFIX):
+        # Relative tolerance of fp16's resolution: fp16 files round alpha (e.g. 0.3).
+        if got.numel() != 1 or abs(float(got) - module.alpha) > 1e-3 * module.alpha:
+            return [f"{key}: alpha {got.tolist()} != network alpha {module.alpha}"]
+        return []
+    want = module.down if key.endswith(kf.DOWN_SUFFIX) else module.up
+    if tuple(got.shape) != tuple(want.shape):
+        return [f"{key}: shape {tuple(got.shape)} != expected {tuple(want.shape)}"]
+    return []
+
+
+def _key_problems(got: set[str], expected: set[str], show: int = 10) -> list[str]:
+    problems = []
+    for label, keys in (("unexpected", got - expected), ("missing", expected - got)):
+        if keys:
+            names = sorted(keys)
+            more = f" (+{len(names) - show} more)" if len(names) > show else ""
+            problems.append(f"{len(names)} {label} key(s): {', '.join(names[:show])}{more}")
+    return problems
+
+
+def network_config_problems(network_cfg: Any) -> list[str]:
+    """Every problem of ``network_cfg`` as messages (empty when valid), for up-front checks."""
+    try:
+        resolve_network_config(network_cfg)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
