@@ -1,0 +1,30 @@
+"""The small interface through which tracking and evaluation follow a training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StopTraining(Exception):  # noqa: N818 - a control signal, not an error
+    """Raised by a callback to end training after the current saved epoch (e.g. pruning)."""
+
+
+class TrainingCallback:
+    """Override what you need; every hook is optional.
+
+    ``on_step`` gets the metrics of one optimizer step (``train/loss``, ``train/lr_unet``, ...).
+    ``on_epoch_saved`` gets the file written for a saved epoch; it may evaluate the file and
+    raise :class:`StopTraining` to end the run there.
+    """
+
+    def on_train_start(self, info: dict) -> None:
+        """Called once before the first step with the run's sizes (steps, epochs, images)."""
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Called after each optimizer step."""
+
+    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+        """Called after an epoch's adapter file is written."""
+
+    def on_train_end(self, result) -> None:
+        """Called once at the end, with the :class:`~trainer.loop.train.TrainResult`."""

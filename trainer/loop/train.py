@@ -1,0 +1,255 @@
+"""The training loop: one fixed order per step, nothing else.
+
+Order per optimizer step: encode captions -> noise and timesteps -> UNet forward -> weighted
+loss -> backward (accumulated) -> clip -> optimizer and LR step -> max-norm -> log. After each
+epoch chosen by ``save_every_n_epochs`` (and always the last) the adapter file is written and
+the callbacks hear of it. The loop receives built objects; it never reads the config tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from trainer.loop.callbacks import StopTraining, TrainingCallback
+from trainer.loop.noise import (
+    min_snr_weights,
+    per_sample_mse,
+    sample_noise,
+    sample_timesteps,
+    training_target,
+)
+from trainer.models.text_encoding import encode_tokens, tokenize_prompts
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The numbers the loop needs, resolved from ``train``/``data``/``model`` config."""
+
+    epochs: int
+    max_steps: int
+    gradient_accumulation_steps: int = 1
+    min_snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    scale_weight_norms: float | None = None
+    max_grad_norm: float | None = 1.0
+    save_every_n_epochs: int = 1
+    log_every_n_steps: int = 1
+    seed: int = 42
+    clip_skip: int = 1
+    max_token_length: int = 75
+    train_text_encoder: bool = True
+    autocast_dtype: torch.dtype | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class SavedEpoch:
+    epoch: int
+    step: int
+    path: Path
+
+
+@dataclass
+class TrainResult:
+    saved: list[SavedEpoch] = field(default_factory=list)
+    global_step: int = 0
+    epochs_done: int = 0
+    last_loss: float = float("nan")
+    mean_loss_last_epoch: float = float("nan")
+    stopped_early: str | None = None
+    seconds: float = 0.0
+    cache_stats: dict = field(default_factory=dict)
+
+
+def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) -> int:
+    return max(1, math.ceil(batches_per_epoch / gradient_accumulation_steps))
+
+
+def plan_length(
+    batches_per_epoch: int, grad_accum: int, max_epochs: int, max_steps: int | None
+) -> tuple[int, int]:
+    """(epochs, optimizer steps): ``max_steps`` wins over epochs when set, as in kohya."""
+    per_epoch = steps_per_epoch(batches_per_epoch, grad_accum)
+    if max_steps:
+        return math.ceil(max_steps / per_epoch), int(max_steps)
+    return int(max_epochs), int(max_epochs) * per_epoch
+
+
+class TextConditioner:
+    """Captions -> UNet conditioning; caches outputs when the text encoder is frozen."""
+
+    def __init__(self, tokenizer, text_encoder, settings: LoopSettings, device: torch.device):
+        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+        self.clip_skip, self.max_len = settings.clip_skip, settings.max_token_length
+        self.frozen = not settings.train_text_encoder
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _encode(self, captions: Sequence[str]) -> torch.Tensor:
+        ids = tokenize_prompts(self.tokenizer, list(captions), self.max_len).to(self.device)
+        return encode_tokens(self.text_encoder, ids, self.clip_skip)
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        if not self.frozen:
+            return self._encode(captions)
+        missing = sorted({c for c in captions if c not in self._cache})
+        if missing:
+            with torch.no_grad():
+                for caption, states in zip(missing, self._encode(missing), strict=True):
+                    self._cache[caption] = states
+        return torch.stack([self._cache[c] for c in captions])
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_training(
+    *,
+    components,
+    network,
+    data,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    settings: LoopSettings,
+    device: torch.device,
+    save_epoch: Callable[[int, int, bool], Path],
+    lr_metrics: Callable[[torch.optim.Optimizer], dict[str, float]],
+    callbacks: Iterable[TrainingCallback] = (),
+) -> TrainResult:
+    """Train ``network`` on ``data``; ``save_epoch(epoch, step, is_last)`` writes a file."""
+    callbacks = list(callbacks)
+    unet, scheduler = components.unet, components.noise_scheduler
+    conditioner = TextConditioner(components.tokenizer, components.text_encoder, settings, device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    scaler = _grad_scaler(settings.autocast_dtype, device)
+    result = TrainResult()
+    started = time.perf_counter()
+    for cb in callbacks:
+        cb.on_train_start(
+            {
+                "epochs": settings.epochs,
+                "max_steps": settings.max_steps,
+                "batches_per_epoch": data.batches_per_epoch,
+            }
+        )
+    bar = tqdm(total=settings.max_steps, disable=not settings.progress_bar, desc="train")
+    unet.train()
+    if settings.train_text_encoder:
+        components.text_encoder.train()
+    optimizer.zero_grad(set_to_none=True)
+    for epoch in range(1, settings.epochs + 1):
+        epoch_losses: list[float] = []
+        micro = 0
+        for batch in data.batches(epoch):
+            latents = batch["latents"].to(device)
+            with _autocast(device, settings.autocast_dtype):
+                loss = _batch_loss(
+                    batch, latents, unet, scheduler, conditioner, settings, generator, device
+                )
+            scaled = loss / settings.gradient_accumulation_steps
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            micro += 1
+            epoch_losses.append(loss.detach())
+            if micro % settings.gradient_accumulation_steps:
+                continue
+            metrics = _optimizer_step(
+                optimizer, lr_scheduler, network, trainable, scaler, settings
+            )
+            result.global_step += 1
+            if result.global_step % settings.log_every_n_steps == 0 or (
+                result.global_step == settings.max_steps
+            ):
+                # Reading the loss forces a host sync: do it only at log intervals.
+                result.last_loss = float(loss.detach())
+                metrics = {
+                    "train/loss": result.last_loss,
+                    **metrics,
+                    **lr_metrics(optimizer),
+                    "train/epoch": float(epoch),
+                }
+                bar.set_postfix(loss=f"{result.last_loss:.4f}", epoch=epoch)
+                for cb in callbacks:
+                    cb.on_step(result.global_step, metrics)
+            bar.update(1)
+            if result.global_step >= settings.max_steps:
+                break
+        result.epochs_done = epoch
+        if epoch_losses:
+            result.mean_loss_last_epoch = float(torch.stack(epoch_losses).float().mean())
+        is_last = epoch == settings.epochs or result.global_step >= settings.max_steps
+        if is_last or epoch % settings.save_every_n_epochs == 0:
+            path = save_epoch(epoch, result.global_step, is_last)
+            result.saved.append(SavedEpoch(epoch, result.global_step, path))
+            try:
+                for cb in callbacks:
+                    cb.on_epoch_saved(epoch, path)
+            except StopTraining as stop:
+                result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
+                break
+        if is_last:
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - started
+    result.cache_stats = dict(getattr(data, "cache_stats", {}))
+    for cb in callbacks:
+        cb.on_train_end(result)
+    return result
+
+
+def _batch_loss(batch, latents, unet, scheduler, conditioner, settings, generator, device):
+    encoder_states = conditioner(batch["captions"])
+    noise = sample_noise(latents, settings.noise_offset, generator)
+    timesteps = sample_timesteps(
+        latents.shape[0], scheduler.config.num_train_timesteps, generator, device
+    )
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, encoder_states).sample
+    target = training_target(scheduler, latents, noise, timesteps)
+    per_sample = per_sample_mse(prediction, target)
+    weights = batch["loss_weights"].to(device) * min_snr_weights(
+        scheduler, timesteps, settings.min_snr_gamma
+    )
+    return (per_sample * weights).mean()
+
+
+def _grad_scaler(dtype: torch.dtype | None, device: torch.device):
+    """fp16 needs loss scaling against underflow; bf16 and fp32 do not."""
+    if dtype == torch.float16 and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def _optimizer_step(optimizer, lr_scheduler, network, trainable, scaler, settings) -> dict:
+    metrics: dict[str, float] = {}
+    if scaler:
+        scaler.unscale_(optimizer)
+    if settings.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if settings.scale_weight_norms:
+        scaled, mean_norm, max_norm = network.apply_max_norm(settings.scale_weight_norms)
+        metrics.update(
+            {
+                "train/keys_scaled": float(scaled),
+                "train/average_key_norm": mean_norm,
+                "train/max_key_norm": max_norm,
+            }
+        )
+    return metrics

@@ -1,0 +1,222 @@
+"""Check a composed config and scan the data before any model is loaded.
+
+Every problem is collected and reported at once, each naming the key (or file), the value and
+what is allowed, so that a user fixes a config in one round trip instead of one per crash.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from trainer.errors import ConfigError, LorasweepError
+
+MODES = ("lora",)
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+NETWORK_TYPES = ("lora", "locon")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+TOKEN_LENGTHS = (75, 150, 225)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` and its data."""
+    problems: list[str] = []
+    for check in (_model, _network, _train, _data_settings, _optimizer, _scheduler):
+        try:
+            problems += check(cfg)
+        except MissingMandatoryValue as err:
+            problems.append(f"{err.full_key}: a value is required (it is ??? in the config)")
+    if not any(p.startswith(("data.", "paths.")) for p in problems):
+        problems += _scan_data(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _need(ok: bool, message: str, problems: list[str]) -> None:
+    if not ok:
+        problems.append(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why ``model.path`` cannot be loaded, or None. Hub ids are accepted as given."""
+    if path == "tiny":
+        return None
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in MODEL_SUFFIXES:
+            return f"model.path: {path!r} is not a model file ({', '.join(MODEL_SUFFIXES)})"
+        return None
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            return f"model.path: folder {path!r} has no model_index.json (not a diffusers folder)"
+        return None
+    if _HUB_ID.match(path) and not p.suffix:
+        return None
+    return (
+        f"model.path: {path!r} does not exist; expected 'tiny', a .safetensors/.ckpt file, "
+        "a diffusers folder, or a hub id (owner/name, online only)"
+    )
+
+
+def _model(cfg: DictConfig) -> list[str]:
+    m, problems = cfg.model, []
+    problem = model_path_problem(str(m.path))
+    if problem:
+        problems.append(problem)
+    _need(
+        m.prediction_type in PREDICTION_TYPES,
+        f"model.prediction_type: {m.prediction_type!r} is not one of {PREDICTION_TYPES}",
+        problems,
+    )
+    _need(
+        _is_int(m.clip_skip) and m.clip_skip >= 1,
+        f"model.clip_skip: {m.clip_skip!r} must be an integer >= 1",
+        problems,
+    )
+    return problems
+
+
+def _network(cfg: DictConfig) -> list[str]:
+    from trainer.networks.lora import network_config_problems
+
+    return network_config_problems(cfg.network)
+
+
+def _train(cfg: DictConfig) -> list[str]:
+    t, problems = cfg.train, []
+    _need(t.mode in MODES, f"train.mode: {t.mode!r} is not one of {MODES}", problems)
+    for key in (
+        "max_train_epochs",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "save_every_n_epochs",
+        "log_every_n_steps",
+    ):
+        value = t[key]
+        _need(
+            _is_int(value) and value >= 1,
+            f"train.{key}: {value!r} must be an integer >= 1",
+            problems,
+        )
+    _need(
+        t.max_train_steps is None or (_is_int(t.max_train_steps) and t.max_train_steps >= 1),
+        f"train.max_train_steps: {t.max_train_steps!r} must be null or an integer >= 1",
+        problems,
+    )
+    _need(
+        t.min_snr_gamma is None or (_is_number(t.min_snr_gamma) and t.min_snr_gamma > 0),
+        f"train.min_snr_gamma: {t.min_snr_gamma!r} must be null (off) or > 0",
+        problems,
+    )
+    _need(
+        _is_number(t.noise_offset) and t.noise_offset >= 0,
+        f"train.noise_offset: {t.noise_offset!r} must be >= 0",
+        problems,
+    )
+    _need(
+        t.scale_weight_norms is None
+        or (_is_number(t.scale_weight_norms) and t.scale_weight_norms > 0),
+        f"train.scale_weight_norms: {t.scale_weight_norms!r} must be null (off) or > 0",
+        problems,
+    )
+    _need(
+        _is_number(t.prior_loss_weight) and t.prior_loss_weight >= 0,
+        f"train.prior_loss_weight: {t.prior_loss_weight!r} must be >= 0",
+        problems,
+    )
+    _need(
+        t.max_grad_norm is None or (_is_number(t.max_grad_norm) and t.max_grad_norm >= 0),
+        f"train.max_grad_norm: {t.max_grad_norm!r} must be null or >= 0",
+        problems,
+    )
+    _need(
+        t.mixed_precision in ("auto", "no", "fp16", "bf16"),
+        f"train.mixed_precision: {t.mixed_precision!r} is not one of auto, no, fp16, bf16",
+        problems,
+    )
+    _need(
+        t.save_precision in ("float", "fp32", "fp16", "bf16"),
+        f"train.save_precision: {t.save_precision!r} is not one of float, fp16, bf16",
+        problems,
+    )
+    return problems
+
+
+def _data_settings(cfg: DictConfig) -> list[str]:
+    d, problems = cfg.data, []
+    _need(
+        d.max_token_length in TOKEN_LENGTHS,
+        f"data.max_token_length: {d.max_token_length!r} is not one of {TOKEN_LENGTHS}",
+        problems,
+    )
+    for key in ("resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+        _need(
+            _is_int(d[key]) and d[key] >= 1,
+            f"data.{key}: {d[key]!r} must be an integer >= 1",
+            problems,
+        )
+    if not problems:
+        _need(
+            d.resolution % d.bucket_reso_steps == 0,
+            f"data.resolution: {d.resolution} is not a multiple of data.bucket_reso_steps "
+            f"({d.bucket_reso_steps})",
+            problems,
+        )
+        _need(
+            d.min_bucket_reso <= d.resolution <= d.max_bucket_reso,
+            f"data.resolution: {d.resolution} must lie within data.min_bucket_reso "
+            f"({d.min_bucket_reso}) and data.max_bucket_reso ({d.max_bucket_reso})",
+            problems,
+        )
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        _need(
+            _is_number(d[key]) and 0 <= d[key] <= 1,
+            f"data.{key}: {d[key]!r} must be in [0, 1]",
+            problems,
+        )
+    _need(
+        _is_int(d.keep_tokens) and d.keep_tokens >= 0,
+        f"data.keep_tokens: {d.keep_tokens!r} must be an integer >= 0",
+        problems,
+    )
+    return problems
+
+
+def _optimizer(cfg: DictConfig) -> list[str]:
+    from trainer.optim.optimizers import optimizer_config_problems
+
+    return optimizer_config_problems(cfg.optimizer)
+
+
+def _scheduler(cfg: DictConfig) -> list[str]:
+    from trainer.optim.schedulers import scheduler_config_problems
+
+    return scheduler_config_problems(cfg.scheduler)
+
+
+def _scan_data(cfg: DictConfig) -> list[str]:
+    """Scan the image folders (every image opened and checked) without loading any model."""
+    from trainer.data.kohya_layout import scan_dataset
+
+    problems = []
+    for key in ("dir", "reg_dir"):
+        folder = cfg.data[key]
+        if folder is None:
+            continue
+        try:
+            scan_dataset(folder, cfg.data.caption_extension, is_reg=(key == "reg_dir"))
+        except LorasweepError as err:
+            problems.append(f"data.{key}: {err}")
+    return problems
