@@ -20,8 +20,10 @@ from trainer.device import SAVE_DTYPES, autocast_dtype, make_deterministic, reso
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_training
 from trainer.models.loading import load_model
+from trainer.modes import run_mode
+from trainer.modes.pivot import pivot_captions, pivot_tokens
+from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
-from trainer.networks.lora import apply_lora
 from trainer.networks.metadata import kohya_metadata
 from trainer.optim.optimizers import build_optimizer, describe_optimizer, lr_metrics
 from trainer.optim.schedulers import build_scheduler
@@ -39,6 +41,8 @@ def train_from_config(
     place: adapters are injected into its UNet and text encoder).
     """
     validate_run(cfg)
+    if cfg.train.mode != "lora":  # DreamBooth, textual inversion: trainer/modes/
+        return run_mode(cfg, callbacks, components)
     tc = cfg.train
     device = resolve_device(tc.device)
     make_deterministic(tc.seed, device)
@@ -49,6 +53,7 @@ def train_from_config(
 
     if components is None:
         components = load_model(cfg.model, cache_dir)
+    pivot = pivot_tokens(components, tc)  # pivotal tuning: train.init_embedding's token
     _freeze_base(components, device, tc.gradient_checkpointing, cfg.network.train_text_encoder)
     data = build_training_data(
         cfg.data,
@@ -59,10 +64,11 @@ def train_from_config(
         prior_loss_weight=tc.prior_loss_weight,
         device=device,
     )
+    data = pivot_captions(data, pivot, tc)
     # Adapters are created under the seed so their initial weights do not depend on what ran
     # before (data preparation may draw random numbers).
     torch.manual_seed(tc.seed)
-    network = apply_lora(components.unet, components.text_encoder, cfg.network)
+    network = build_network(components.unet, components.text_encoder, cfg.network)
     optimizer = build_optimizer(
         cfg.optimizer, network.unet_parameters(), network.text_encoder_parameters()
     )
@@ -93,6 +99,7 @@ def train_from_config(
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
     session_id = uuid.uuid4().int % (2**31)
     meta_base = _metadata_base(cfg, data, optimizer, epochs, max_steps, started_at, session_id)
+    meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
         name = cfg.run_name if is_last else f"{cfg.run_name}-{epoch:06d}"
@@ -137,19 +144,11 @@ def _freeze_base(components, device: torch.device, checkpointing: bool, train_te
 
 
 def _metadata_base(cfg, data, optimizer, epochs, max_steps, started_at, session_id) -> dict:
+    # The network_* keys come from the built network (``kohya_info``), added by the caller.
     net, opt, tc = cfg.network, cfg.optimizer, cfg.train
     lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
-    network_args = (
-        {"conv_dim": net.conv_dim, "conv_alpha": net.conv_alpha, "dropout": net.dropout}
-        if net.type == "locon"
-        else {"dropout": net.dropout}
-    )
     w, h = data.resolution
     return {
-        "network_module": "networks.lora",
-        "network_dim": net.dim,
-        "network_alpha": net.alpha if net.alpha else net.dim,
-        "network_args": {k: v for k, v in network_args.items() if v is not None},
         "network_dropout": net.dropout,
         "base_model_version": "sd_v1",
         "sd_model_name": Path(str(cfg.model.path)).name,

@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from trainer.errors import ConfigError, LorasweepError
+from trainer.modes.settings import mode_problems
 
-MODES = ("lora",)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-NETWORK_TYPES = ("lora", "locon")
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "ia3", "dora")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 TOKEN_LENGTHS = (75, 150, 225)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -89,14 +89,15 @@ def _model(cfg: DictConfig) -> list[str]:
 
 
 def _network(cfg: DictConfig) -> list[str]:
-    from trainer.networks.lora import network_config_problems
+    from trainer.networks.factory import network_config_problems
 
     return network_config_problems(cfg.network)
 
 
 def _train(cfg: DictConfig) -> list[str]:
     t, problems = cfg.train, []
-    _need(t.mode in MODES, f"train.mode: {t.mode!r} is not one of {MODES}", problems)
+    # The mode, and the keys its train group adds (DreamBooth, textual inversion).
+    problems += mode_problems(t, cfg.data)
     for key in (
         "max_train_epochs",
         "batch_size",
@@ -214,6 +215,10 @@ def _scan_data(cfg: DictConfig) -> list[str]:
     for key in ("dir", "reg_dir"):
         folder = cfg.data[key]
         if folder is None:
+            continue
+        if key == "reg_dir" and cfg.train.mode != "lora":
+            # DreamBooth makes (or reuses) its class images in reg_dir and scans them then;
+            # textual inversion does not use it.
             continue
         try:
             scan_dataset(folder, cfg.data.caption_extension, is_reg=(key == "reg_dir"))

@@ -30,6 +30,7 @@ from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from trainer.errors import ConfigError, ModelLoadError
 from trainer.networks import kohya_format as kf
+from trainer.networks.detect import check_network_type
 
 ADAPTER_NAME = "lorasweep"
 NETWORK_TYPES = ("lora", "locon")
@@ -304,6 +305,7 @@ class LoraNetwork:
 
         ``source`` (e.g. the file path) names the state dict in the error message.
         """
+        check_network_type(state_dict, self.spec.type, source)
         expected = {k: m for m in self.modules for k in kf.lora_keys(m.kohya_name)}
         problems = _key_problems(set(state_dict), set(expected))
         for key, module in expected.items():

@@ -1,0 +1,103 @@
+"""``train.mode=textual_inversion`` (``train=textual_inversion``): learn new token embeddings.
+
+Each placeholder in ``train.tokens`` becomes ``num_vectors_per_token`` new tokens whose rows
+start from ``train.init_word``'s embedding (or from ``train.init_embedding`` to continue a
+previous run); only those rows are trained, every other weight of every model stays as it was
+(see ``added_tokens``). Captions get the placeholder as ``train.caption_placeholder`` says.
+
+Per saved epoch each placeholder is written in WebUI's embedding format
+(``train.embedding_format``: ``safetensors`` -> ``<run>-<epoch>.safetensors`` with
+``emb_params``, or WebUI's ``.pt``); with several placeholders the others go to
+``<run>-<epoch>.<k>.<ext>`` (k = 1, 2, ...). WebUI triggers an embedding by its file name;
+diffusers loads it with ``pipe.load_textual_inversion(path, token="<penny>")``.
+
+Afterwards the components hold the learned tokens, as ``load_textual_inversion`` would leave
+them (tokenizer with the new tokens, resized text-encoder embedding).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from trainer.errors import ConfigError
+from trainer.loop.callbacks import TrainingCallback
+from trainer.loop.train import TrainResult
+from trainer.modes.added_tokens import AddedTokens, PlaceholderCaptions
+from trainer.modes.common import (
+    base_metadata,
+    build_data,
+    epoch_stem,
+    load_frozen,
+    optimizer_view,
+    prepare_run,
+    train_loop,
+)
+from trainer.modes.embedding_files import read_embedding, save_embedding
+from trainer.modes.settings import TextualInversionSettings
+
+log = logging.getLogger(__name__)
+
+
+def train_textual_inversion(
+    cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
+) -> TrainResult:
+    """Learn the embedding(s) of ``cfg.train.tokens`` on the data of ``cfg``; save them."""
+    s = TextualInversionSettings.from_config(cfg.train, cfg.data)
+    ctx = prepare_run(cfg)
+    components = load_frozen(cfg, ctx, components)
+    added = _add_tokens(components, s)
+    if cfg.data.reg_dir:
+        log.info("data.reg_dir is not used: textual inversion changes no model weight")
+    data = PlaceholderCaptions(
+        build_data(cfg, ctx, components, None), added, s.caption_placeholder
+    )
+    lr = s.learning_rate
+    opt_cfg = optimizer_view(cfg.optimizer, lr, lr)
+    suffix = f".{s.embedding_format}"
+
+    def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
+        stem = epoch_stem(cfg.run_name, epoch, is_last)
+        meta = base_metadata(cfg, "textual_inversion", epoch, step)
+        paths = []
+        for k, (token, vectors) in enumerate(added.vectors().items()):
+            name = stem if k == 0 else f"{stem}.{k}"
+            paths.append(
+                save_embedding(ctx.output_dir / f"{name}{suffix}", vectors, token, step, meta)
+            )
+        log.info("saved epoch %d (step %d): %s", epoch, step, ", ".join(map(str, paths)))
+        return paths[0]
+
+    try:
+        result = train_loop(
+            cfg, ctx, components, data, opt_cfg, ([], added.parameters()), True, save_epoch,
+            callbacks,
+        )  # fmt: skip
+    finally:
+        added.bake()
+        components.text_encoder.eval()
+    return result
+
+
+def _add_tokens(components, s: TextualInversionSettings) -> AddedTokens:
+    if s.init_embedding is None:
+        return AddedTokens.from_init_word(
+            components, s.tokens, s.init_word, s.num_vectors_per_token
+        )
+    token, vectors = read_embedding(s.init_embedding)
+    if len(s.tokens) != 1:
+        raise ConfigError(
+            f"train.tokens: {list(s.tokens)!r}; continuing from train.init_embedding "
+            f"({s.init_embedding}) needs exactly one token"
+        )
+    if vectors.shape[0] != s.num_vectors_per_token:
+        log.info(
+            "train.init_embedding has %d vectors: num_vectors_per_token=%d is not used",
+            vectors.shape[0],
+            s.num_vectors_per_token,
+        )
+    log.info("continuing %s (token %r in the file) as %r", s.init_embedding, token, s.tokens[0])
+    return AddedTokens(components, {s.tokens[0]: vectors})

@@ -1,0 +1,74 @@
+"""Build the adapter network that ``network.type`` names.
+
+``lora`` / ``locon`` are kohya's LierLa / C3Lier on peft (``lora.apply_lora``); ``loha``,
+``lokr``, ``ia3`` and ``dora`` are LyCORIS' (``lycoris_net.build_lycoris``). Both kinds of
+network offer the same interface, which the training loop and the run use:
+
+* ``unet_parameters()``, ``text_encoder_parameters()``: what the optimizer trains;
+* ``kohya_state_dict(dtype)`` / ``load_kohya_state_dict(sd, source)``: the file's tensors;
+  loading a file of another type raises ``ModelLoadError`` naming both types;
+* ``apply_max_norm(x) -> (scaled, mean norm, max norm)``; ``set_scale(unet, te)``;
+* ``kohya_info()``: the ``ss_network_*`` metadata; ``num_modules``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from trainer.errors import ConfigError
+from trainer.networks.detect import NETWORK_TYPES
+from trainer.networks.lora import NETWORK_TYPES as LORA_TYPES
+from trainer.networks.lora import apply_lora
+from trainer.networks.lora import network_config_problems as lora_config_problems
+from trainer.networks.lycoris_config import LYCORIS_TYPES, lycoris_config_problems
+
+__all__ = ["NETWORK_TYPES", "AdapterNetwork", "build_network", "network_config_problems"]
+
+
+class AdapterNetwork(Protocol):
+    """What ``build_network`` returns, whatever the type."""
+
+    num_modules: int
+
+    def unet_parameters(self) -> list[nn.Parameter]: ...
+    def text_encoder_parameters(self) -> list[nn.Parameter]: ...
+    def kohya_state_dict(self, dtype: torch.dtype = ...) -> dict[str, torch.Tensor]: ...
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], source: str
+    ) -> None: ...
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]: ...
+    def set_scale(self, unet_scale: float, te_scale: float) -> None: ...
+    def kohya_info(self) -> dict[str, Any]: ...
+
+
+def _type_of(network_cfg: Any) -> Any:
+    if isinstance(network_cfg, Mapping):
+        return network_cfg.get("type")
+    return getattr(network_cfg, "type", None)
+
+
+def network_config_problems(network_cfg: Any) -> list[str]:
+    """Every problem of ``network_cfg`` as messages (empty when valid), for up-front checks."""
+    net_type = _type_of(network_cfg)
+    if net_type in LORA_TYPES:
+        return lora_config_problems(network_cfg)
+    if net_type in LYCORIS_TYPES:
+        return lycoris_config_problems(network_cfg)
+    return [f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}"]
+
+
+def build_network(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> AdapterNetwork:
+    """Freeze the base model and add the adapters of ``network.type`` to it."""
+    net_type = _type_of(network_cfg)
+    if net_type in LORA_TYPES:
+        return apply_lora(unet, text_encoder, network_cfg)
+    if net_type in LYCORIS_TYPES:
+        # Imported here: lycoris-lora is only needed by the LyCORIS types.
+        from trainer.networks.lycoris_net import build_lycoris
+
+        return build_lycoris(unet, text_encoder, network_cfg)
+    raise ConfigError(network_config_problems(network_cfg))

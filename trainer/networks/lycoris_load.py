@@ -1,0 +1,119 @@
+"""Load any LyCORIS / kohya LoRA file onto an SD 1.x UNet and text encoder for evaluation.
+
+This is LyCORIS' own loader (``lycoris.kohya.create_network_from_weights``, the one kohya's
+scripts use for ``lycoris.kohya`` files): it builds each module from its keys, whatever the
+algorithm, so files written by other trainers load too. One gap is filled here: lycoris-lora
+4.1.3 cannot rebuild (IA)^3 modules from a state dict (``IA3Module.make_module_from_state_dict``
+takes the scaling vector but is handed ``on_input`` too, and would drop it), so (IA)^3 modules
+are built directly from their two keys. And the loader first builds a throwaway network from
+LyCORIS' class-level preset, whose default targets both the ``TimestepEmbedding`` class and the
+``time_embedding.linear_1`` name, so on an SD 1.x UNet it fails ("duplicated lora name"); an
+empty preset is applied first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
+from lycoris.modules.ia3 import IA3Module
+from torch import nn
+
+from trainer.errors import ModelLoadError
+from trainer.networks import kohya_format as kf
+from trainer.networks.detect import check_network_type
+from trainer.networks.lycoris_fixes import apply_fixes
+from trainer.networks.lycoris_net import EMPTY_PRESET, text_root
+
+_PREFIXES = (kf.UNET_PREFIX + "_", kf.TEXT_ENCODER_PREFIX + "_")
+
+
+def _module_names(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
+    return {k.split(".", 1)[0] for k in state_dict if "." in k and k.startswith(_PREFIXES)}
+
+
+def _ia3_modules(
+    state_dict: Mapping[str, torch.Tensor],
+    names: set[str],
+    layers: Mapping[str, nn.Module],
+    multiplier: float,
+) -> list[IA3Module]:
+    modules = []
+    with torch.no_grad():
+        for name in sorted(names):
+            on_input = bool(state_dict[f"{name}.on_input"].item())
+            module = IA3Module(name, layers[name], multiplier, train_on_input=on_input)
+            module.weight.copy_(state_dict[f"{name}.weight"].reshape(module.weight.shape))
+            modules.append(module)
+    return modules
+
+
+def _layers_by_kohya_name(unet: nn.Module, te_root: nn.Module) -> dict[str, nn.Module]:
+    layers = {}
+    for prefix, root in ((kf.UNET_PREFIX, unet), (kf.TEXT_ENCODER_PREFIX, te_root)):
+        for path, module in root.named_modules():
+            if path:
+                layers[f"{prefix}_{path.replace('.', '_')}"] = module
+    return layers
+
+
+def load_lycoris_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    unet: nn.Module,
+    text_encoder: nn.Module,
+    multiplier: float = 1.0,
+    source: str = "LoRA state dict",
+    expected_type: str | None = None,
+) -> LycorisNetworkKohya:
+    """Hook the modules of ``state_dict`` into ``unet`` / ``text_encoder`` at ``multiplier``.
+
+    Any type loads (kohya LoRA / LoCon too). Returns LyCORIS' network: ``set_multiplier(x)``
+    changes the strength, ``restore()`` unhooks it. ``ModelLoadError`` if a module of the file
+    finds no layer, or if ``expected_type`` is given and the file holds another type.
+    """
+    if expected_type is not None:
+        check_network_type(state_dict, expected_type, source)
+    root = text_root(text_encoder)
+    layers = _layers_by_kohya_name(unet, root)
+    names = _module_names(state_dict)
+    unmatched = sorted(names - set(layers))
+    if unmatched:
+        raise ModelLoadError(
+            f"{source}: {len(unmatched)} module(s) have no layer of that name in this model "
+            f"(a LoRA for another architecture?): {', '.join(unmatched[:5])}"
+        )
+    ia3 = {n for n in names if f"{n}.on_input" in state_dict}
+    rest = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in ia3}
+    LycorisNetworkKohya.apply_preset(EMPTY_PRESET)
+    network, _ = create_network_from_weights(multiplier, None, None, root, unet, weights_sd=rest)
+    for module in _ia3_modules(state_dict, ia3, layers, multiplier):
+        if module.lora_name.startswith(kf.UNET_PREFIX + "_"):
+            network.unet_loras.append(module)
+        else:
+            network.text_encoder_loras.append(module)
+    loaded = len(network.unet_loras) + len(network.text_encoder_loras)
+    if loaded != len(names):
+        raise ModelLoadError(
+            f"{source}: LyCORIS recognised {loaded} of its {len(names)} modules "
+            "(unsupported algorithm keys?)"
+        )
+    apply_fixes(network.unet_loras + network.text_encoder_loras)  # see lycoris_fixes
+    network.apply_to(root, unet, apply_text_encoder=True, apply_unet=True)
+    network.to(next(unet.parameters()).device)
+    return network
+
+
+def load_lycoris_file(
+    path: str | os.PathLike,
+    unet: nn.Module,
+    text_encoder: nn.Module,
+    multiplier: float = 1.0,
+    expected_type: str | None = None,
+) -> LycorisNetworkKohya:
+    """``load_lycoris_state_dict`` for a ``.safetensors`` file (errors name the file)."""
+    state_dict, _ = kf.read_lora(path)
+    return load_lycoris_state_dict(
+        state_dict, unet, text_encoder, multiplier, str(path), expected_type
+    )
