@@ -1,0 +1,7 @@
+"""``python -m evaluators``: see :mod:`evaluators.cli`."""
+
+import sys
+
+from evaluators.cli import main
+
+sys.exit(main())

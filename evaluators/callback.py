@@ -1,0 +1,110 @@
+"""Evaluate each saved epoch while training runs: a ``TrainingCallback``.
+
+    from evaluators.callback import EvaluationCallback
+    evaluation = EvaluationCallback(cfg)                 # cfg: the whole composed run config
+    train_from_config(cfg, callbacks=[evaluation, reporter])
+    evaluation.results[4]["eval/objective"]             # epoch -> flat metrics
+    evaluation.best_epoch                               # epoch with the highest objective
+
+Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None)``.
+``cfg`` is the composed run config (groups ``eval``, ``model``, ``data``, ``paths``);
+``output_dir`` receives grids and metrics files (default: ``eval.output_dir``, else
+``<paths.output_dir>/eval``); ``harness`` reuses an :class:`~evaluators.harness.Harness`
+(default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now).
+
+It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one, inside
+``on_epoch_saved``, so a callback placed after it in the list (a pruning reporter) reads
+``results[epoch][metric]`` for the epoch it is told about. ``evaluations[epoch]`` keeps the
+full :class:`~evaluators.results.EpochEvaluation` (images, per-cell scores, diagnosis) and
+``files[epoch]`` the paths written for it, for tracking to log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from evaluators.harness import Harness
+from evaluators.outputs import EpochStrengthGrids, write_metrics, write_unet_te_grids
+from evaluators.results import EpochEvaluation
+from trainer.loop.callbacks import TrainingCallback
+
+log = logging.getLogger(__name__)
+
+
+def default_output_dir(cfg) -> Path | None:
+    configured = cfg.eval.get("output_dir") if "eval" in cfg else None
+    if configured:
+        return Path(configured)
+    if "paths" in cfg and cfg.paths.get("output_dir"):
+        return Path(cfg.paths.output_dir) / "eval"
+    return None
+
+
+class EvaluationCallback(TrainingCallback):
+    """Scores saved epochs; ``results[epoch]`` is the flat metric dict of that epoch."""
+
+    def __init__(self, cfg, output_dir: str | Path | None = None, harness: Harness | None = None):
+        self.cfg = cfg
+        self.harness = harness or Harness.from_config(cfg)
+        self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
+        self.every_n_epochs = self.harness.settings.every_n_epochs
+        self.results: dict[int, dict[str, float]] = {}
+        self.evaluations: dict[int, EpochEvaluation] = {}
+        self.files: dict[int, dict[str, Path]] = {}
+        self.best_epoch: int | None = None
+        self._last_epoch: int | None = None
+        self._last_saved: tuple[int, Path] | None = None
+        self._grids = EpochStrengthGrids(list(self.harness.settings.strengths))
+
+    @property
+    def best_objective(self) -> float | None:
+        if self.best_epoch is None:
+            return None
+        return self.results[self.best_epoch]["eval/objective"]
+
+    def on_train_start(self, info: dict) -> None:
+        self._last_epoch = info.get("epochs")
+
+    def _is_last(self, epoch: int, path: Path) -> bool:
+        if self._last_epoch is not None and epoch >= self._last_epoch:
+            return True
+        # The trainer names the final file <run_name>.safetensors, earlier ones -NNNNNN.
+        return path.stem == str(self.cfg.get("run_name", ""))
+
+    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+        self._last_saved = (epoch, Path(path))
+        if epoch % self.every_n_epochs == 0 or self._is_last(epoch, Path(path)):
+            self.evaluate(epoch, Path(path))
+
+    def on_train_end(self, result) -> None:
+        # Training may stop before the planned last epoch (max_train_steps); evaluate the
+        # final file if the cadence skipped it.
+        if self._last_saved and self._last_saved[0] not in self.results:
+            self.evaluate(*self._last_saved)
+
+    def evaluate(self, epoch: int, path: Path) -> dict[str, float]:
+        """Evaluate one file now; record and write its results; return its metrics."""
+        evaluation = self.harness.evaluate(path, epoch)
+        self.evaluations[epoch] = evaluation
+        self.results[epoch] = evaluation.metrics
+        best = self.best_objective
+        if best is None or evaluation.objective > best:
+            self.best_epoch = epoch
+        self.files[epoch] = self._write(evaluation)
+        evaluation.files = self.files[epoch]
+        for note in evaluation.diagnosis.notes:
+            log.info("epoch %d: %s", epoch, note)
+        return evaluation.metrics
+
+    def _write(self, evaluation: EpochEvaluation) -> dict[str, Path]:
+        if self.output_dir is None:
+            return {}
+        s = self.harness.settings
+        files = {"metrics": write_metrics(evaluation, self.output_dir)}
+        if s.save_grids:
+            unet, te = list(s.unet_strengths), list(s.te_strengths)
+            files.update(write_unet_te_grids(evaluation, self.output_dir, unet, te))
+            self._grids.add(evaluation)
+            files.update(self._grids.save(self.output_dir))
+        return files

@@ -1,0 +1,135 @@
+"""``python -m evaluators LORA_FILE... [key=value ...]``: score existing LoRA files.
+
+Positional arguments are LoRA files (``.safetensors``), the rest Hydra-style overrides
+composed onto ``conf/config.yaml`` (``eval.checkpoints='[/m/a.safetensors,/m/b.safetensors]'``,
+``eval.steps=25``, ``data.dir=...``). Prints a table (one row per file) and writes, per file,
+``epoch-NNNNNN/metrics.json`` and grids under ``eval.output_dir`` (default: an ``eval`` folder
+beside the first file), plus ``summary.json`` with every file's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainer.errors import LorasweepError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+COLUMNS = (
+    "eval/objective",
+    "eval/fidelity",
+    "eval/adherence",
+    "eval/clip_i",
+    "eval/clip_t",
+    "eval/dino",
+    "eval/face_identity",
+    "eval/val_loss",
+    "eval/best_strength",
+)
+USAGE = "usage: python -m evaluators LORA_FILE [LORA_FILE ...] [group.key=value ...]"
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """LoRA files (arguments without ``=``) and overrides (``key=value``, ``+key=value``)."""
+    files, overrides = [], []
+    for arg in argv:
+        if "=" in arg and not Path(arg).is_file():
+            overrides.append(arg)
+        else:
+            files.append(Path(arg))
+    return files, overrides
+
+
+def compose_config(overrides: list[str], first_file: Path):
+    """The run config with defaults that make sense outside a Hydra run directory."""
+    from hydra import compose, initialize_config_dir
+
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    defaults = []
+    if "paths.project_dir" not in keys and "LORASWEEP_PROJECT_DIR" not in os.environ:
+        defaults.append(f"paths.project_dir={Path.cwd()}")
+    if "paths.output_dir" not in keys:
+        defaults.append(f"paths.output_dir={first_file.resolve().parent}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[*defaults, *overrides])
+
+
+def format_table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
+    present = [c for c in COLUMNS if any(c in m for _, _, m in rows)]
+    header = ["file", "epoch", *(c.removeprefix("eval/") for c in present)]
+    lines = [header]
+    for name, epoch, metrics in rows:
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in present]
+        lines.append([name, str(epoch), *cells])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines
+    )
+
+
+def run(argv: Sequence[str]) -> list:
+    """Evaluate the files named in ``argv``; returns the ``EpochEvaluation`` of each."""
+    from evaluators.callback import EvaluationCallback
+    from evaluators.harness import epoch_of
+    from trainer.errors import ModelLoadError
+
+    files, overrides = split_arguments(argv)
+    if not files:
+        raise LorasweepError(f"no LoRA file given\n{USAGE}")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ModelLoadError(f"LoRA file(s) not found: {', '.join(missing)}")
+    cfg = compose_config(overrides, files[0])
+    callback = EvaluationCallback(cfg)
+    evaluations = []
+    for index, path in enumerate(files):
+        epoch = epoch_of(path, fallback=index + 1)
+        if epoch in callback.results:  # two files claim one epoch: keep both, in order
+            epoch = max(callback.results) + 1
+        callback.evaluate(epoch, path)
+        evaluations.append(callback.evaluations[epoch])
+    rows = [(e.lora_path.name, e.epoch, e.metrics) for e in evaluations]
+    print(format_table(rows))
+    if any(e.random_weights for e in evaluations):
+        print(
+            "WARNING: scored with RANDOM-WEIGHT models (eval.clip_model / eval.dino_model = "
+            "tiny): these numbers measure nothing."
+        )
+    for e in evaluations:
+        for note in e.diagnosis.notes:
+            print(f"{e.lora_path.name}: {note}")
+    if callback.output_dir is not None:
+        summary = callback.output_dir / "summary.json"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(
+            json.dumps(
+                {
+                    "files": {
+                        str(e.lora_path): {"epoch": e.epoch, "metrics": e.metrics}
+                        for e in evaluations
+                    },
+                    "best_epoch": callback.best_epoch,
+                },
+                indent=2,
+            )
+        )
+        print(f"metrics and grids: {callback.output_dir}")
+    return evaluations
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    try:
+        run(argv)
+    except LorasweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,107 @@
+"""Validation loss: the denoising loss on fixed images, timesteps and noise; no sampling.
+
+The training loss jumps with each step's random timestep and noise, so it cannot rank epochs.
+Fixing all three (the latent is the VAE posterior's *mean*, the noise comes from a seeded
+generator, the timesteps are listed in ``eval.val_timesteps``) makes the loss a deterministic
+function of the weights: two calls give the same number, and a lower number means the model
+predicts these images' noise better. It is computed with the LoRA at the strength being
+evaluated and the training's prompt encoding (max_token_length, clip_skip).
+
+Metric: ``val_loss`` = mean over images and timesteps of the MSE against the training target
+(the noise for epsilon models, the velocity for v-prediction models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from evaluators.scorers.base import ScoreInputs
+from trainer.data.images import to_tensor
+from trainer.errors import ConfigError
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to cover ``width x height`` and crop the centre (no distortion)."""
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+class ValLossScorer:
+    name = "val_loss"
+    needs_generation = False
+    random_weights = False
+
+    def __init__(
+        self,
+        images: Sequence[Image.Image],
+        captions: Sequence[str],
+        timesteps: Sequence[int],
+        seed: int,
+        size: tuple[int, int],
+    ):
+        if not images or len(images) != len(captions):
+            raise ValueError("validation loss needs images, one caption each")
+        self.pixels = torch.stack([to_tensor(_fit(im, *size)) for im in images])
+        self.captions = list(captions)
+        self.timesteps = list(timesteps)
+        self.seed = seed
+        self._latents: dict[int, torch.Tensor] = {}  # id(vae) -> latents
+        self._noise: dict[tuple, torch.Tensor] = {}  # latent shape -> noise per timestep
+
+    @torch.no_grad()
+    def latents(self, vae) -> torch.Tensor:
+        """The images' latents under ``vae`` (posterior mean, scaled), computed once per VAE."""
+        key = id(vae)
+        if key not in self._latents:
+            param = next(vae.parameters())
+            pixels = self.pixels.to(param.device, param.dtype)
+            mean = vae.encode(pixels).latent_dist.mean
+            self._latents[key] = mean.float().cpu() * float(vae.config.scaling_factor)
+        return self._latents[key]
+
+    def noise(self, shape: torch.Size) -> torch.Tensor:
+        """``[len(timesteps), *shape]`` standard normal noise from the fixed seed."""
+        key = tuple(shape)
+        if key not in self._noise:
+            generator = torch.Generator().manual_seed(self.seed)
+            self._noise[key] = torch.randn((len(self.timesteps), *shape), generator=generator)
+        return self._noise[key]
+
+    def _check_timesteps(self, scheduler) -> None:
+        total = int(scheduler.config.num_train_timesteps)
+        bad = [t for t in self.timesteps if not 0 <= t < total]
+        if bad:
+            raise ConfigError(
+                f"eval.val_timesteps: {bad} out of range; allowed: 0..{total - 1} "
+                "(the model's num_train_timesteps)"
+            )
+
+    @torch.no_grad()
+    def score(self, inputs: ScoreInputs) -> dict[str, float]:
+        components, encode = inputs.components, inputs.encode
+        if components is None or encode is None:
+            raise ValueError("validation loss needs the model and the prompt encoder")
+        scheduler, unet = components.noise_scheduler, components.unet
+        self._check_timesteps(scheduler)
+        device, dtype = unet.device, unet.dtype
+        latents = self.latents(components.vae)
+        noise = self.noise(latents.shape)
+        states = encode(self.captions).to(device, dtype)
+        losses = []
+        for i, t in enumerate(self.timesteps):
+            steps = torch.full((latents.shape[0],), t, dtype=torch.long)
+            noisy = scheduler.add_noise(latents, noise[i], steps)
+            if scheduler.config.prediction_type == "v_prediction":
+                target = scheduler.get_velocity(latents, noise[i], steps)
+            else:
+                target = noise[i]
+            pred = unet(noisy.to(device, dtype), steps.to(device), states).sample
+            losses.append(F.mse_loss(pred.float().cpu(), target.float()))
+        return {"val_loss": float(torch.stack(losses).mean())}

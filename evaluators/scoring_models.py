@@ -1,0 +1,258 @@
+"""CLIP and DINO models for scoring, from a hub id, a local directory, or ``tiny``.
+
+* A local directory (any path-like value: absolute, ``./``, ``~``, or one that exists) must
+  exist and hold a transformers model (``config.json``); it is never replaced by a download.
+* A hub id ``owner/name`` is read with ``from_pretrained``; when ``HF_HUB_OFFLINE`` is set,
+  only the local Hugging Face cache is used and a missing model is a clear error.
+* ``tiny`` builds a small CLIP / DINOv2 with deterministic *random* weights, so tests run
+  offline. Its numbers measure nothing: every bundle says ``random_weights=True`` and the
+  evaluation flags every number computed with it (``eval/random_weights = 1``).
+
+Image preprocessing uses transformers' PIL image processors (torchvision has no CPU build
+here). Models are loaded once per process and kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch.nn import functional as F
+
+from trainer.errors import ModelLoadError
+from trainer.models.loading import classify_source
+from trainer.models.tokenizer import build_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+_TINY_IMAGE = 32
+_TINY_SEED = 0
+_CACHE: dict[tuple[str, str, str], Any] = {}
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EnvironmentError)
+
+
+@dataclass
+class ClipBundle:
+    model: Any  # transformers CLIPModel
+    image_processor: Any
+    tokenizer: Any
+    source: str
+    random_weights: bool
+
+
+@dataclass
+class DinoBundle:
+    model: Any  # ViTModel (DINO v1, DreamBench) or Dinov2Model
+    image_processor: Any
+    source: str
+    random_weights: bool
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _pil_processor(name: str, **kwargs) -> Any:
+    """The PIL-backend image processor class ``name`` (transformers 5), or the classic one."""
+    cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+    return cls(**kwargs)
+
+
+def _resolve(key: str, value: str) -> tuple[str, str]:
+    """("folder", path) or ("hub", id); a clear error for a missing path or a file."""
+    kind, location = classify_source(value, key=key)
+    if kind == "single_file":
+        raise ModelLoadError(
+            f"{key}: {location} is a file; expected a transformers model directory (holding "
+            f"config.json), a hub id 'owner/name', or 'tiny'"
+        )
+    if kind == "folder" and not (Path(location) / "config.json").is_file():
+        raise ModelLoadError(
+            f"{key}: {location} has no config.json, so it is not a transformers model directory"
+        )
+    return kind, str(location)
+
+
+def _pretrained(key: str, value: str, load) -> Any:
+    kind, location = _resolve(key, value)
+    local_only = kind == "folder" or _offline()
+    try:
+        return load(location, local_only)
+    except _LOAD_ERRORS as error:
+        hint = (
+            " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is read; download the "
+            "model first or give a local directory)"
+            if kind == "hub" and _offline()
+            else ""
+        )
+        raise ModelLoadError(f"{key}: cannot load {value!r}{hint}: {error}") from error
+
+
+def _image_processor(location: str, local_only: bool) -> Any:
+    options: dict[str, Any] = {"local_files_only": local_only}
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        options["backend"] = "pil"
+    return transformers.AutoImageProcessor.from_pretrained(location, **options)
+
+
+def _tiny_clip() -> ClipBundle:
+    config = transformers.CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": 49408,
+            "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": _TINY_IMAGE,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = transformers.CLIPModel(config)
+    processor = _pil_processor(
+        "CLIPImageProcessor",
+        size={"shortest_edge": _TINY_IMAGE},
+        crop_size={"height": _TINY_IMAGE, "width": _TINY_IMAGE},
+    )
+    return ClipBundle(model, processor, build_clip_tokenizer(), TINY, random_weights=True)
+
+
+def _tiny_dino() -> DinoBundle:
+    config = transformers.Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=_TINY_IMAGE,
+        patch_size=8,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = transformers.Dinov2Model(config)
+    processor = _pil_processor(
+        "BitImageProcessor",
+        size={"shortest_edge": _TINY_IMAGE},
+        crop_size={"height": _TINY_IMAGE, "width": _TINY_IMAGE},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    return DinoBundle(model, processor, TINY, random_weights=True)
+
+
+def _load_clip(value: str) -> ClipBundle:
+    if value == TINY:
+        return _tiny_clip()
+
+    def load(location: str, local_only: bool) -> ClipBundle:
+        model = transformers.CLIPModel.from_pretrained(location, local_files_only=local_only)
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(
+            location, local_files_only=local_only
+        )
+        processor = _image_processor(location, local_only)
+        return ClipBundle(model, processor, tokenizer, value, random_weights=False)
+
+    return _pretrained("eval.clip_model", value, load)
+
+
+def _load_dino(value: str) -> DinoBundle:
+    if value == TINY:
+        return _tiny_dino()
+
+    def load(location: str, local_only: bool) -> DinoBundle:
+        model = transformers.AutoModel.from_pretrained(location, local_files_only=local_only)
+        processor = _image_processor(location, local_only)
+        return DinoBundle(model, processor, value, random_weights=False)
+
+    return _pretrained("eval.dino_model", value, load)
+
+
+def _cached(kind: str, value: str, device: torch.device, build) -> Any:
+    key = (kind, value, str(device))
+    if key not in _CACHE:
+        bundle = build(value)
+        bundle.model.requires_grad_(False)
+        bundle.model.to(device).eval()
+        if bundle.random_weights:
+            log.warning(
+                "eval: %s model %r has RANDOM weights; its scores mean nothing", kind, value
+            )
+        _CACHE[key] = bundle
+    return _CACHE[key]
+
+
+def load_clip(value: str, device: torch.device | str = "cpu") -> ClipBundle:
+    """The CLIP model for CLIP-I / CLIP-T (cached per process)."""
+    return _cached("clip", str(value), torch.device(device), _load_clip)
+
+
+def load_dino(value: str, device: torch.device | str = "cpu") -> DinoBundle:
+    """The ViT for DINO scores: its CLS token embedding (cached per process)."""
+    return _cached("dino", str(value), torch.device(device), _load_dino)
+
+
+def _pixels(processor, images, device, dtype) -> torch.Tensor:
+    batch = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+    return batch["pixel_values"].to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def clip_image_embeddings(bundle: ClipBundle, images, batch_size: int = 16) -> torch.Tensor:
+    """L2-normalised CLIP image embeddings ``[N, D]`` (float32, on the CPU)."""
+    model = bundle.model
+    param = next(model.parameters())
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixels = _pixels(
+            bundle.image_processor, images[i : i + batch_size], param.device, param.dtype
+        )
+        pooled = model.vision_model(pixel_values=pixels).pooler_output
+        out.append(model.visual_projection(pooled).float().cpu())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def clip_text_embeddings(bundle: ClipBundle, texts, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised CLIP text embeddings ``[N, D]``; texts are cut at CLIP's 77 tokens."""
+    model = bundle.model
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = bundle.tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=77,
+            return_tensors="pt",
+        ).to(device)
+        pooled = model.text_model(**tokens).pooler_output
+        out.append(model.text_projection(pooled).float().cpu())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def dino_embeddings(bundle: DinoBundle, images, batch_size: int = 16) -> torch.Tensor:
+    """L2-normalised CLS-token embeddings of the last layer ``[N, D]`` (DreamBench's DINO)."""
+    model = bundle.model
+    param = next(model.parameters())
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixels = _pixels(
+            bundle.image_processor, images[i : i + batch_size], param.device, param.dtype
+        )
+        out.append(model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu())
+    return F.normalize(torch.cat(out), dim=-1)

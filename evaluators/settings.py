@@ -1,0 +1,288 @@
+"""The ``eval`` config group, read once and checked: every problem is reported at once.
+
+Functions here take the ``eval`` sub-config (a DictConfig, a mapping or an object with the
+keys as attributes), never the whole run config. ``conf/eval/default.yaml`` documents each key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from evaluators.samplers import SAMPLER_NAMES as SAMPLERS
+from trainer.errors import ConfigError
+
+METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+CHECKPOINT_KEYS = (
+    "path",
+    "name",
+    "weights_seed",
+    "prediction_type",
+    "clip_skip",
+    "vae",
+    "single_file_config",
+)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Validated ``eval`` keys (see ``conf/eval/default.yaml`` for what each one means)."""
+
+    metrics: tuple[str, ...] = ("clip_i", "clip_t", "dino", "val_loss")
+    clip_model: str = "tiny"
+    dino_model: str = "tiny"
+    trigger: str | None = None
+    class_word: str | None = None
+    prompts: tuple[str, ...] = ("a photo of {trigger}",)
+    negative_prompt: str = ""
+    seed: int = 1234
+    images_per_prompt: int = 1
+    batch_size: int = 8
+    sampler: str = "ddim"
+    steps: int = 8
+    guidance_scale: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
+    unet_strengths: tuple[float, ...] = (0.5, 1.0)
+    te_strengths: tuple[float, ...] = (0.5, 1.0)
+    checkpoints: tuple[dict, ...] = ()
+    every_n_epochs: int = 1
+    reference_dir: str | None = None
+    max_reference_images: int = 16
+    val_dir: str | None = None
+    val_timesteps: tuple[int, ...] = (100, 400, 700, 900)
+    val_seed: int = 0
+    val_max_images: int = 4
+    face_upsample: int = 1
+    fidelity_weight: float = 0.5
+    device: str = "auto"
+    precision: str = "auto"
+    output_dir: str | None = None
+    save_grids: bool = True
+
+    @property
+    def generation_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in self.metrics if m != "val_loss")
+
+    def strength_pairs(self) -> list[tuple[float, float]]:
+        """Every (UNet, TE) strength to evaluate: the diagonal, the UNet x TE grid, (1, 1)."""
+        pairs = [(s, s) for s in self.strengths]
+        pairs += [(u, t) for u in self.unet_strengths for t in self.te_strengths]
+        pairs.append((1.0, 1.0))
+        return list(dict.fromkeys(pairs))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _as_mapping(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) for k, v in cfg.items()}
+    return {f.name: getattr(cfg, f.name) for f in fields(EvalSettings) if hasattr(cfg, f.name)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+class _Checker:
+    """Collects problems while converting values, so that all are reported together."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
+        self.problems: list[str] = []
+
+    def bad(self, key: str, value: Any, allowed: str) -> None:
+        self.problems.append(f"eval.{key}: {value!r} is not allowed; allowed: {allowed}")
+
+    def get(self, key: str, default: Any) -> Any:
+        return self.raw.get(key, default)
+
+    def int_at_least(self, key: str, default: int, low: int) -> int:
+        value = self.get(key, default)
+        if not _is_int(value) or value < low:
+            self.bad(key, value, f"an integer >= {low}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float | None = None) -> float:
+        value = self.get(key, default)
+        if not _is_number(value) or value < low or (high is not None and value > high):
+            self.bad(key, value, f"a number in [{low}, {'inf' if high is None else high}]")
+            return default
+        return float(value)
+
+    def choice(self, key: str, default: str, allowed: Sequence[str]) -> str:
+        value = self.get(key, default)
+        if value not in allowed:
+            self.bad(key, value, ", ".join(allowed))
+            return default
+        return value
+
+    def model_source(self, key: str, default: str) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            self.bad(key, value, "'tiny', a hub id 'owner/name' or a local model directory")
+            return default
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.get(key, None)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.bad(key, value, "a string or null")
+            return None
+        return value
+
+    def numbers(self, key: str, default: tuple[float, ...], *, nonempty: bool) -> tuple:
+        value = self.get(key, list(default))
+        if not isinstance(value, list | tuple) or (nonempty and not value):
+            self.bad(key, value, "a non-empty list of numbers >= 0" if nonempty else "a list")
+            return default
+        if not all(_is_number(v) and v >= 0 for v in value):
+            self.bad(key, value, "numbers >= 0 (strength multipliers; 1.0 = as trained)")
+            return default
+        return tuple(float(v) for v in value)
+
+
+def _read_metrics(c: _Checker) -> tuple[str, ...]:
+    value = c.get("metrics", list(EvalSettings.metrics))
+    if not isinstance(value, list | tuple) or not value:
+        c.bad("metrics", value, f"a non-empty list of {', '.join(METRICS)}")
+        return EvalSettings.metrics
+    unknown = [m for m in value if m not in METRICS]
+    if unknown:
+        c.bad("metrics", unknown, ", ".join(METRICS))
+    return tuple(dict.fromkeys(m for m in value if m in METRICS))
+
+
+def _read_prompts(c: _Checker) -> tuple[str, ...]:
+    value = c.get("prompts", list(EvalSettings.prompts))
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(p, str) and p.strip() for p in value)
+    ):
+        c.bad("prompts", value, "a non-empty list of non-empty strings ('{trigger}' = trigger)")
+        return EvalSettings.prompts
+    return tuple(value)
+
+
+def _read_checkpoints(c: _Checker) -> tuple[dict, ...]:
+    value = c.get("checkpoints", [])
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        c.bad("checkpoints", value, "a list of paths or mappings with a 'path' key ([] = model)")
+        return ()
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str) and entry:
+            out.append({"path": entry})
+        elif isinstance(entry, Mapping) and entry.get("path"):
+            unknown = sorted(set(entry) - set(CHECKPOINT_KEYS))
+            if unknown:
+                c.bad(f"checkpoints[{i}]", unknown, f"keys {', '.join(CHECKPOINT_KEYS)}")
+            out.append({k: v for k, v in entry.items() if k in CHECKPOINT_KEYS})
+        else:
+            c.bad(f"checkpoints[{i}]", entry, "a path string or a mapping with a 'path' key")
+    return tuple(out)
+
+
+def read_eval_settings(eval_cfg: Any) -> EvalSettings:
+    """Validate ``eval_cfg``; raise :class:`ConfigError` naming every bad key at once."""
+    c = _Checker(_as_mapping(eval_cfg))
+    d = EvalSettings()
+    objective = c.get("objective", {}) or {}
+    if not isinstance(objective, Mapping):
+        c.bad("objective", objective, "a mapping with key fidelity_weight")
+        objective = {}
+    weight = objective.get("fidelity_weight", d.fidelity_weight)
+    if not _is_number(weight) or not 0 <= weight <= 1:
+        c.bad("objective.fidelity_weight", weight, "a number in [0, 1]")
+        weight = d.fidelity_weight
+    width, height = c.get("width", None), c.get("height", None)
+    for key, value in (("width", width), ("height", height)):
+        if value is not None and (not _is_int(value) or value < 8 or value % 8):
+            c.bad(key, value, "null (the model's resolution) or a multiple of 8")
+    settings = EvalSettings(
+        metrics=_read_metrics(c),
+        clip_model=c.model_source("clip_model", d.clip_model),
+        dino_model=c.model_source("dino_model", d.dino_model),
+        trigger=c.optional_str("trigger"),
+        class_word=c.optional_str("class_word"),
+        prompts=_read_prompts(c),
+        negative_prompt=c.optional_str("negative_prompt") or "",
+        seed=c.int_at_least("seed", d.seed, 0),
+        images_per_prompt=c.int_at_least("images_per_prompt", d.images_per_prompt, 1),
+        batch_size=c.int_at_least("batch_size", d.batch_size, 1),
+        sampler=c.choice("sampler", d.sampler, SAMPLERS),
+        steps=c.int_at_least("steps", d.steps, 1),
+        guidance_scale=c.number("guidance_scale", d.guidance_scale, 0.0),
+        width=width if _is_int(width) else None,
+        height=height if _is_int(height) else None,
+        strengths=c.numbers("strengths", d.strengths, nonempty=True),
+        unet_strengths=c.numbers("unet_strengths", d.unet_strengths, nonempty=False),
+        te_strengths=c.numbers("te_strengths", d.te_strengths, nonempty=False),
+        checkpoints=_read_checkpoints(c),
+        every_n_epochs=c.int_at_least("every_n_epochs", d.every_n_epochs, 1),
+        reference_dir=c.optional_str("reference_dir"),
+        max_reference_images=c.int_at_least("max_reference_images", d.max_reference_images, 1),
+        val_dir=c.optional_str("val_dir"),
+        val_timesteps=_read_timesteps(c),
+        val_seed=c.int_at_least("val_seed", d.val_seed, 0),
+        val_max_images=c.int_at_least("val_max_images", d.val_max_images, 1),
+        face_upsample=c.int_at_least("face_upsample", d.face_upsample, 0),
+        fidelity_weight=float(weight),
+        device=str(c.get("device", d.device)),
+        precision=c.choice("precision", d.precision, PRECISIONS),
+        output_dir=c.optional_str("output_dir"),
+        save_grids=bool(c.get("save_grids", d.save_grids)),
+    )
+    if bool(settings.unet_strengths) != bool(settings.te_strengths):
+        c.bad(
+            "unet_strengths/te_strengths",
+            [list(settings.unet_strengths), list(settings.te_strengths)],
+            "both empty (no UNet x TE grid) or both non-empty",
+        )
+    if c.problems:
+        raise ConfigError(c.problems)
+    return settings
+
+
+def _read_timesteps(c: _Checker) -> tuple[int, ...]:
+    value = c.get("val_timesteps", list(EvalSettings.val_timesteps))
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(_is_int(t) and t >= 0 for t in value)
+    ):
+        c.bad("val_timesteps", value, "a non-empty list of integer timesteps >= 0")
+        return EvalSettings.val_timesteps
+    return tuple(value)
+
+
+def eval_config_problems(eval_cfg: Any) -> list[str]:
+    """Every problem of ``eval_cfg`` as messages (empty when valid), for up-front checks."""
+    try:
+        read_eval_settings(eval_cfg)
+    except ConfigError as error:
+        return list(error.problems)
+    return []
