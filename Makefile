@@ -24,8 +24,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
-demo: setup ## Train a LoRA on the tiny built-in model and the sample data (CPU, a few minutes)
-	$(OFFLINE) $(BIN)/python -m sweeper
+# The real main job, small: an Optuna sweep of 4 trials with pruning on, over the default search
+# space, on the tiny model and the sample data. Evaluation is trimmed to two strengths to stay
+# within a few minutes on 2 CPU cores; each `make demo` starts a fresh study.
+DEMO_SWEEP := search.n_trials=4 train.max_train_epochs=2 \
+	search.pruner.median.n_startup_trials=2 search.pruner.median.n_warmup_steps=0 \
+	'eval.strengths=[0.5,1.0]' 'eval.unet_strengths=[]' 'eval.te_strengths=[]' \
+	search.study_name=demo-$$(date +%Y%m%d-%H%M%S)
+
+demo: setup ## A small Optuna sweep on the tiny model: 4 trials, pruning on (CPU, ~3 minutes)
+	$(OFFLINE) $(BIN)/python -m sweeper -m $(DEMO_SWEEP)
 
 test: setup ## Run the whole test suite (GPU tests skip without CUDA)
 	$(OFFLINE) $(BIN)/pytest -q

@@ -1,4 +1,5 @@
-"""``python -m sweeper``: the Hydra application (one run; ``-m`` sweeps come with the sweeper)."""
+"""``python -m sweeper``: the Hydra application. One run, or with ``-m`` an Optuna sweep
+(the project's sweeper plugin, ``hydra_plugins/lorasweep_optuna``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainer.errors import LorasweepError
@@ -14,17 +17,30 @@ log = logging.getLogger("sweeper")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig):
     from sweeper.task import run_task
 
     try:
         return run_task(cfg)
     except LorasweepError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # A sweep's job: the sweeper records the trial as failed with this reason and
+            # goes on; exiting here would end the whole sweep.
+            raise
         # The user's input is wrong: say what and where, without a traceback.
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
+def multirun_flag_first(argv: list[str]) -> list[str]:
+    """Move ``-m``/``--multirun`` before the overrides: Hydra's argparse takes the overrides
+    as one positional list, so ``python -m sweeper +category=F -m n=4`` would otherwise stop at
+    ``-m`` and reject what follows."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return [argv[0], *flags, *(a for a in argv[1:] if a not in ("-m", "--multirun"))]
+
+
 if __name__ == "__main__":
+    sys.argv = multirun_flag_first(sys.argv)
     main()

@@ -1,40 +1,31 @@
-"""One run of the task: what ``python -m sweeper`` does without ``-m``.
+"""The task function: what one Hydra job of ``python -m sweeper`` does.
 
-Later issues hang evaluation, Optuna reporting and MLflow tracking on the trainer's callbacks;
-here a run trains, writes its adapter files and prints where they are.
+Launched by the Optuna sweeper (the config has ``optuna.study``/``optuna.trial_number``) it runs
+one trial (``sweeper.trial``); otherwise it trains once and prints where the files are.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
-from trainer.loop.callbacks import TrainingCallback
+from sweeper.callbacks import LogMetrics, NonFiniteLossGuard, configured_callbacks
 from trainer.run import train_from_config
 
 log = logging.getLogger(__name__)
 
 
-class LogMetrics(TrainingCallback):
-    """Writes the training metrics to the run's log every ``every`` steps."""
+def run_task(cfg: DictConfig) -> Any:
+    """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss."""
+    if cfg.get("optuna") is not None:
+        from sweeper.trial import run_trial
 
-    def __init__(self, every: int = 10):
-        self.every = every
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        if step % self.every == 0:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-            log.info("step %d: %s", step, shown)
-
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        log.info("epoch %d saved to %s", epoch, path)
-
-
-def run_task(cfg: DictConfig) -> float:
-    """Train once from ``cfg``; returns the mean training loss of the last epoch."""
-    result = train_from_config(cfg, callbacks=[LogMetrics()])
+        return run_trial(cfg)
+    callbacks = [LogMetrics(), NonFiniteLossGuard(), *configured_callbacks(cfg)]
+    result = train_from_config(cfg, callbacks=callbacks)
     out = Path(cfg.paths.output_dir)
     print(
         f"\nTrained {result.global_step} steps over {result.epochs_done} epochs "

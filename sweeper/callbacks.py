@@ -1,0 +1,84 @@
+"""Training callbacks of the task: logging, a divergence guard, per-epoch training loss, and
+user-configured extras (``callbacks:`` in the config, built with Hydra's ``instantiate``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from trainer.errors import ConfigError, LorasweepError
+from trainer.loop.callbacks import TrainingCallback
+
+log = logging.getLogger("sweeper")
+
+# Per-epoch metrics the training itself provides (no evaluation needed).
+TRAINING_METRICS = ("train/epoch_loss",)
+
+
+class TrainingDivergedError(LorasweepError):
+    """The loss became NaN or infinite: these settings cannot train (learning rate too high?)."""
+
+
+class LogMetrics(TrainingCallback):
+    """Writes the training metrics to the run's log every ``every`` steps."""
+
+    def __init__(self, every: int = 10):
+        self.every = every
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if step % self.every == 0:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+            log.info("step %d: %s", step, shown)
+
+    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+        log.info("epoch %d saved to %s", epoch, path)
+
+
+class NonFiniteLossGuard(TrainingCallback):
+    """Ends a run whose loss is NaN/inf: every later step and evaluation would be wasted, and
+    a sweep must record such a trial as failed with the reason, not as a (bad) score."""
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("train/loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"non-finite training loss ({loss}) at step {step}: these settings diverge "
+                "(learning rate too high?)"
+            )
+
+
+class EpochLoss(TrainingCallback):
+    """``results[epoch]["train/epoch_loss"]``: the mean logged training loss of each saved
+    epoch, in the same shape as the evaluators' results so a sweep may optimise either."""
+
+    def __init__(self) -> None:
+        self._losses: dict[int, list[float]] = defaultdict(list)
+        self.results: dict[int, dict[str, float]] = {}
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if "train/loss" in metrics:
+            self._losses[int(metrics.get("train/epoch", 0))].append(metrics["train/loss"])
+
+    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+        losses = self._losses.get(epoch) or [float("nan")]
+        self.results[epoch] = {"train/epoch_loss": sum(losses) / len(losses)}
+
+
+def configured_callbacks(cfg: DictConfig) -> list[TrainingCallback]:
+    """The extras under ``callbacks:`` (name -> ``{_target_: module.Class, ...}``), in order."""
+    specs = cfg.get("callbacks") or {}
+    built = []
+    for name, spec in specs.items():
+        callback = instantiate(spec)
+        if not isinstance(callback, TrainingCallback):
+            raise ConfigError(
+                f"callbacks.{name}: {spec.get('_target_')} is not a "
+                "trainer.loop.callbacks.TrainingCallback"
+            )
+        built.append(callback)
+    return built

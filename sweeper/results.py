@@ -1,0 +1,99 @@
+"""The sweep's results file: best trial(s), every trial's state, and the command that
+reproduces the best trial as a single run."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+
+from sweeper.study import count_states
+
+RESULTS_FILE = "optuna_results.yaml"
+# Overrides that only steer the sweep: a single run does not need them.
+_SWEEP_ONLY = ("search.", "search=", "hydra.", "hydra/", "optuna.")
+
+
+def reproduce_command(fixed: Sequence[str], trial_overrides: Sequence[str]) -> str:
+    """``python -m sweeper <fixed overrides> <the trial's sampled overrides>``."""
+    keep = [o for o in fixed if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+    return " ".join(["python -m sweeper", *(shlex.quote(o) for o in [*keep, *trial_overrides])])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return "nan"
+    return value
+
+
+def trial_summary(trial: FrozenTrial, fixed: Sequence[str]) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    summary = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "values": [_plain(v) for v in trial.values] if trial.values else None,
+        "params": attrs.get("config_values", {}),
+        "optuna_params": trial.params,
+        "best_epoch": attrs.get("best_epoch"),
+        "epoch_metrics": attrs.get("epoch_metrics"),
+        "best_file": attrs.get("best_file"),
+        "pruned_at_epoch": attrs.get("pruned_at_epoch"),
+        "fail_reason": attrs.get("fail_reason"),
+        "retry_of": trial.system_attrs.get("failed_trial"),
+        "output_dir": attrs.get("output_dir"),
+        "worker": attrs.get("job_worker"),
+        "command": reproduce_command(fixed, attrs.get("overrides", [])),
+    }
+    if trial.state == TrialState.FAIL and summary["fail_reason"] is None:
+        summary["fail_reason"] = "the process running it stopped (no heartbeat)"
+    return summary
+
+
+def summarize(study: optuna.Study, fixed: Sequence[str], n_trials: int, storage: str) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    multi = len(study.directions) > 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    summary: dict[str, Any] = {
+        "study_name": study.study_name,
+        "storage": make_url(storage).render_as_string(hide_password=True),
+        "directions": [d.name.lower() for d in study.directions],
+        "metrics": study.metric_names,
+        "n_trials": n_trials,
+        "states": {k: v for k, v in count_states(study).items() if v},
+    }
+    if complete and multi:
+        summary["pareto_front"] = [trial_summary(t, fixed) for t in study.best_trials]
+    elif complete:
+        summary["best"] = trial_summary(study.best_trial, fixed)
+    summary["trials"] = [trial_summary(t, fixed) for t in trials]
+    return summary
+
+
+def write_results(path: Path, summary: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(summary), path)
+    return path
+
+
+def print_summary(summary: dict, path: Path) -> None:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items())
+    print(f"\nStudy {summary['study_name']} ({states}; target {summary['n_trials']})")
+    best = [summary["best"]] if "best" in summary else summary.get("pareto_front", [])
+    if "pareto_front" in summary:
+        print(f"Pareto front ({len(best)} trials) of {summary['metrics']}:")
+    label = "Pareto trial" if "pareto_front" in summary else "Best trial"
+    for trial in best:
+        print(
+            f"{label} {trial['number']}: {summary['metrics']} = {trial['values']} at epoch "
+            f"{trial['best_epoch']}\n  params: {trial['params']}\n  file: {trial['best_file']}"
+            f"\n  reproduce: {trial['command']}"
+        )
+    if not best:
+        print("No trial completed.")
+    print(f"Results: {path}")

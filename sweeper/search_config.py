@@ -1,0 +1,352 @@
+"""The ``search`` config group, read and checked as a whole before any trial starts.
+
+``read_settings`` checks the study settings (sampler, pruner, objectives, budget, storage,
+heartbeat); ``build_search_space`` merges the searched parameters from three places, later ones
+winning: ``search.params``, the ranges of ``+category=X`` (``category.search``, turned into
+parameters by ``search.category_ranges``) and sweeps given on the command line
+(``network.dim=8,16``); then drops every key the command line fixes (``optimizer=prodigy``).
+Every problem is reported at once, each naming its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.search_space import ALPHA_OF, Param, SearchSpace, iter_specs, ordered, parse_param
+from trainer.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+DIRECTIONS = ("minimize", "maximize")
+SEARCH_KEYS = (
+    "sampler",
+    "pruner",
+    "directions",
+    "metrics",
+    "n_trials",
+    "n_jobs",
+    "storage",
+    "study_name",
+    "max_failure_rate",
+    "heartbeat",
+    "category_ranges",
+    "params",
+)
+RANGE_FIELDS = ("key", "type", "log", "step", "skip_if_adaptive")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The checked study settings of ``cfg.search`` (everything but the parameters)."""
+
+    sampler: str
+    sampler_seed: int | None
+    sampler_args: dict
+    pruner: str
+    pruner_args: dict
+    directions: tuple[str, ...]
+    metrics: tuple[str, ...]
+    n_trials: int
+    n_jobs: int | None
+    storage: str | None
+    study_name: str | None
+    max_failure_rate: float
+    heartbeat_interval: int | None
+    grace_period: int | None
+    max_retry: int | None
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+
+def _container(node: Any) -> Any:
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _choice(node: Any, key: str, allowed: Sequence[str], problems: list[str]) -> dict:
+    """Check ``search.<key>``: a ``name`` and one block of keyword arguments per option (only
+    the chosen one is used, so switching ``name`` never carries another's arguments)."""
+    node = node if isinstance(node, Mapping) else {}
+    name = node.get("name")
+    if name not in allowed:
+        problems.append(
+            f"search.{key}.name: unknown {key} {name!r}; allowed: {', '.join(allowed)}"
+        )
+    extra = {"seed"} if key == "sampler" else set()
+    unknown = sorted(set(node) - {"name", *extra, *allowed})
+    if unknown:
+        problems.append(
+            f"search.{key}: unknown key(s) {', '.join(unknown)}; allowed: name, "
+            f"{', '.join(sorted(extra))}{', ' if extra else ''}one block per {key}"
+        )
+    args = node.get(name) if name in allowed else None
+    if args is not None and not isinstance(args, Mapping):
+        problems.append(f"search.{key}.{name}: a mapping of keyword arguments is required")
+        return {}
+    return dict(args or {})
+
+
+def read_settings(search: Any) -> SearchSettings:
+    """Check ``cfg.search``'s study settings; raises ConfigError listing every problem."""
+    s = _container(search) or {}
+    problems: list[str] = []
+    unknown = sorted(set(s) - set(SEARCH_KEYS))
+    if unknown:
+        problems.append(f"search: unknown key(s) {', '.join(unknown)}; allowed: {SEARCH_KEYS}")
+    sampler, pruner = (_mapping(s.get(k)) for k in ("sampler", "pruner"))
+    sampler_args = _choice(sampler, "sampler", SAMPLERS, problems)
+    pruner_args = _choice(pruner, "pruner", PRUNERS, problems)
+    seed = sampler.get("seed")
+    if seed is not None and not _is_int(seed, 0):
+        problems.append(f"search.sampler.seed: a non-negative int or null, got {seed!r}")
+    _check_objectives(s.get("directions"), s.get("metrics"), pruner.get("name"), problems)
+    _check_budget(s, problems)
+    heartbeat = _mapping(s.get("heartbeat"))
+    _check_heartbeat(heartbeat, problems)
+    if problems:
+        raise ConfigError(problems)
+    interval = heartbeat.get("interval")
+    return SearchSettings(
+        sampler=sampler["name"],
+        sampler_seed=seed,
+        sampler_args=sampler_args,
+        pruner=pruner["name"],
+        pruner_args=pruner_args,
+        directions=tuple(s["directions"]),
+        metrics=tuple(s["metrics"]),
+        n_trials=s["n_trials"],
+        n_jobs=s.get("n_jobs"),
+        storage=s.get("storage"),
+        study_name=s.get("study_name"),
+        max_failure_rate=float(s.get("max_failure_rate", 1.0)),
+        heartbeat_interval=interval,
+        grace_period=heartbeat.get("grace_period") or (2 * interval if interval else None),
+        max_retry=heartbeat.get("max_retry"),
+    )
+
+
+def _mapping(node: Any) -> dict:
+    return dict(node) if isinstance(node, Mapping) else {}
+
+
+def _check_objectives(directions: Any, metrics: Any, pruner: Any, problems: list[str]) -> None:
+    if (
+        not isinstance(directions, list)
+        or not directions
+        or any(d not in DIRECTIONS for d in directions)
+    ):
+        problems.append(f"search.directions: a non-empty list of {DIRECTIONS}, got {directions!r}")
+    if (
+        not isinstance(metrics, list)
+        or not metrics
+        or any(not isinstance(m, str) or not m for m in metrics)
+    ):
+        problems.append(f"search.metrics: a non-empty list of metric names, got {metrics!r}")
+    elif isinstance(directions, list) and len(metrics) != len(directions):
+        problems.append(
+            f"search.metrics: {len(metrics)} metric(s) for {len(directions)} direction(s); "
+            "give one direction per metric"
+        )
+    elif len(metrics) > 1 and pruner != "none":
+        problems.append(
+            "search.pruner.name: Optuna prunes single-objective studies only; set "
+            "search.pruner.name=none for a multi-objective (Pareto) search"
+        )
+
+
+def _check_heartbeat(heartbeat: Mapping, problems: list[str]) -> None:
+    for key in ("interval", "grace_period"):
+        value = heartbeat.get(key)
+        if value is not None and not _is_int(value, 1):
+            problems.append(
+                f"search.heartbeat.{key}: a positive int (seconds) or null, got {value!r}"
+            )
+    retry = heartbeat.get("max_retry")
+    if retry is not None and not _is_int(retry, 0):
+        problems.append(f"search.heartbeat.max_retry: a non-negative int or null, got {retry!r}")
+
+
+def _check_budget(s: Mapping, problems: list[str]) -> None:
+    if not _is_int(s.get("n_trials"), 1):
+        problems.append(f"search.n_trials: a positive int is required, got {s.get('n_trials')!r}")
+    if s.get("n_jobs") is not None and not _is_int(s.get("n_jobs"), 1):
+        problems.append(f"search.n_jobs: a positive int or null, got {s.get('n_jobs')!r}")
+    rate = s.get("max_failure_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        problems.append(f"search.max_failure_rate: a number in [0, 1] is required, got {rate!r}")
+    for key in ("storage", "study_name"):
+        if s.get(key) is not None and (not isinstance(s.get(key), str) or not s.get(key)):
+            problems.append(f"search.{key}: a non-empty string or null, got {s.get(key)!r}")
+
+
+def build_search_space(
+    search: Any,
+    cfg: DictConfig,
+    overrides: Sequence[Override],
+    group_options: Callable[[str], list[str] | None],
+) -> SearchSpace:
+    """The checked search space of a sweep; raises ConfigError listing every problem.
+
+    ``cfg`` is the composed config with the command line's fixed overrides applied;
+    ``group_options(name)`` lists a config group's options (None when ``name`` is no group).
+    """
+    s = _container(search) or {}
+    problems: list[str] = []
+    params: dict[str, Param] = {}
+    for key, spec in iter_specs(s.get("params") or {}):
+        param = parse_param(key, spec, f"search.params.{key}", problems) if key else None
+        if param:
+            params[key] = param
+    params.update(_category_params(cfg, s.get("category_ranges") or {}, problems))
+    fixed = set()
+    for override in overrides:
+        if override.is_hydra_override():
+            continue
+        if override.is_sweep_override():
+            param = _cli_param(override, problems)
+            if param:
+                params[param.key] = param
+        else:
+            fixed.add(override.key_or_group)
+    kept = [
+        replace(p, is_group=group_options(p.key) is not None)
+        for key, p in params.items()
+        if key not in fixed
+    ]
+    for param in kept:
+        _check_key(param, cfg, group_options, problems)
+    _check_alpha(kept, cfg, problems)
+    _check_fractions(kept, cfg, problems)
+    if (s.get("sampler") or {}).get("name") == "grid":
+        for param in kept:
+            if param.grid_values() is None:
+                problems.append(
+                    f"{param.where}: the grid sampler needs a finite set of values: give "
+                    "`choices`, or a `step` for a float range"
+                )
+    if problems:
+        raise ConfigError(problems)
+    return ordered(kept)
+
+
+def _category_params(cfg: DictConfig, mapping: Mapping, problems: list[str]) -> dict:
+    ranges = _container(OmegaConf.select(cfg, "category.search", default=None)) or {}
+    params: dict[str, Param] = {}
+    for name, bounds in ranges.items():
+        where = f"category.search.{name} (category {OmegaConf.select(cfg, 'category.name')})"
+        how = mapping.get(name)
+        if not isinstance(how, Mapping) or not how.get("key"):
+            problems.append(
+                f"{where}: search.category_ranges has no `{name}` entry with a `key` "
+                f"(known: {', '.join(sorted(mapping)) or 'none'})"
+            )
+            continue
+        unknown = sorted(set(how) - set(RANGE_FIELDS))
+        if unknown:
+            problems.append(f"search.category_ranges.{name}: unknown field(s) {unknown}")
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            problems.append(f"{where}: a [low, high] pair is required, got {bounds!r}")
+            continue
+        spec = {k: v for k, v in how.items() if k != "key"}
+        spec.update(low=bounds[0], high=bounds[1])
+        param = parse_param(how["key"], spec, where, problems)
+        if param:
+            params[param.key] = param
+    return params
+
+
+def _cli_param(override: Override, problems: list[str]) -> Param | None:
+    """``key=a,b`` / ``choice(..)`` / ``range(..)`` -> categorical; ``interval(a,b)`` -> float
+    (``tag(log, interval(a,b))`` for a log scale)."""
+    key, where = override.key_or_group, f"command line `{override.input_line}`"
+    if override.is_discrete_sweep():
+        return Param(
+            key=key, type="categorical", where=where, choices=tuple(override.sweep_iterator())
+        )
+    sweep = override.value()
+    spec = {"type": "float", "low": sweep.start, "high": sweep.end, "log": "log" in sweep.tags}
+    return parse_param(key, spec, where, problems)
+
+
+def _fixed(cfg: DictConfig, key: str) -> tuple[Any, bool]:
+    """(value of a non-searched key, whether it is an interpolation that follows another)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        return _ABSENT, False
+    return OmegaConf.select(cfg, key), OmegaConf.is_interpolation(parent, leaf)
+
+
+def _check_key(param: Param, cfg: DictConfig, group_options, problems: list[str]) -> None:
+    options = group_options(param.key)
+    if options is not None:
+        if param.type != "categorical" or param.choices is None:
+            problems.append(f"{param.where}: config group `{param.key}` takes type categorical")
+            return
+        bad = [c for c in param.choices if c not in options]
+        if bad:
+            problems.append(
+                f"{param.where}: {bad} are not options of config group `{param.key}`; "
+                f"available: {', '.join(sorted(options))}"
+            )
+        return
+    value, _ = _fixed(cfg, param.key)
+    if value is _ABSENT:
+        problems.append(
+            f"{param.where}: unknown key `{param.key}`: not a key of the composed config nor a "
+            "config group"
+        )
+
+
+def _check_fractions(params: list[Param], cfg: DictConfig, problems: list[str]) -> None:
+    searched = {p.key: p for p in params}
+    for p in params:
+        if p.type != "fraction_of" or not p.of:
+            continue
+        base = searched.get(p.of)
+        if base is not None:
+            if base.type == "fraction_of" or (base.bounds() or (0, 0))[0] < 1:
+                problems.append(f"{p.where}.of: {p.of} is searched but not as a positive int")
+            continue
+        value, _ = _fixed(cfg, p.of)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{p.where}.of: {p.of} must be a positive int, it is {value!r}")
+
+
+def _check_alpha(params: list[Param], cfg: DictConfig, problems: list[str]) -> None:
+    """No sampled alpha may exceed the smallest rank it can be paired with."""
+    searched = {p.key: p for p in params}
+    for alpha_key, dim_key in ALPHA_OF.items():
+        alpha, dim = searched.get(alpha_key), searched.get(dim_key)
+        if alpha is None and dim is None or (alpha is not None and alpha.type == "fraction_of"):
+            continue
+        if alpha is not None:
+            top, where = (alpha.bounds() or (None, None))[1], alpha.where
+        else:
+            top, follows = _fixed(cfg, alpha_key)
+            where = f"{alpha_key} (fixed at {top!r})"
+            if follows or not isinstance(top, int | float) or not top:
+                continue  # an interpolation (alpha: ${network.dim}) or 0 (= dim) is always valid
+        if dim is not None:
+            least = (dim.bounds() or (None, None))[0]
+        else:
+            least, _ = _fixed(cfg, dim_key)
+        if isinstance(top, int | float) and isinstance(least, int | float) and top > least:
+            problems.append(
+                f"{where}: impossible alpha constraint: {alpha_key} can reach {top} but "
+                f"{dim_key} can be {least} ({alpha_key} must not exceed {dim_key}); sample it "
+                f"as {{type: fraction_of, of: {dim_key}}}"
+            )

@@ -1,0 +1,96 @@
+"""The sweep loop with a stand-in launcher (no training): counting, batching, failure budget,
+the trial identity handed to each job, and the results file."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from sweep_helpers import PROJECT_DIR, results
+
+from sweeper.sweep_loop import SweepAbortedError, SweepRunner
+
+
+class FakeLauncher:
+    """Answers each job with ``answer(overrides)``: a dict outcome or an exception."""
+
+    def __init__(self, answer):
+        self.answer, self.batches = answer, []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.batches.append([list(o) for o in job_overrides])
+        returns = []
+        for overrides in job_overrides:
+            ret = JobReturn(overrides=list(overrides))
+            answer = self.answer(list(overrides))
+            if isinstance(answer, Exception):
+                ret.status, ret._return_value = JobStatus.FAILED, answer
+            else:
+                ret.status, ret.return_value = JobStatus.COMPLETED, answer
+            returns.append(ret)
+        return returns
+
+
+@pytest.fixture
+def runner_for(tmp_path):
+    def make(launcher, *arguments):
+        base = [
+            f"paths.project_dir={PROJECT_DIR}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "search.heartbeat.interval=null",
+        ]
+        with initialize_config_dir(config_dir=str(PROJECT_DIR / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[*base, *arguments], return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            loader = GlobalHydra.instance().config_loader()
+            return SweepRunner(cfg, launcher, loader), [*base, *arguments]
+
+    return make
+
+
+def outcome(value: float, state: str = "COMPLETE") -> dict:
+    return {"state": state, "values": [value], "best_epoch": 2,
+            "pruned_at_epoch": 1 if state == "PRUNED" else None}  # fmt: skip
+
+
+def test_runs_until_n_trials_finished_in_batches_with_the_trial_identity(runner_for, tmp_path):
+    def answer(overrides):
+        number = int(overrides[-1].rsplit("=", 1)[1])
+        return outcome(float(number), "PRUNED" if number == 1 else "COMPLETE")
+
+    launcher = FakeLauncher(answer)
+    runner, args = runner_for(launcher, "search.n_trials=5", "search.n_jobs=2")
+    summary = runner.run(args)
+    # Batches of n_jobs, the last one only as large as what is missing.
+    assert [len(b) for b in launcher.batches] == [2, 2, 1]
+    first = launcher.batches[0][0]
+    assert first[: len(args)] == args  # the fixed overrides reach every job
+    assert first[-2] == f"+optuna.study={summary['study_name']}"
+    assert first[-1] == "+optuna.trial_number=0"
+    assert {o.split("=")[0] for o in first[len(args) : -2]} == {
+        "network.dim", "network.alpha", "optimizer.unet_lr"
+    }  # fmt: skip
+    assert summary["states"] == {"COMPLETE": 4, "PRUNED": 1}
+    assert summary["best"]["number"] == 4  # maximize eval/objective
+    assert summary["best"]["best_epoch"] == 2
+    assert results(tmp_path / "sweep")["states"] == summary["states"]
+    # The same command again: the study is complete, nothing is launched.
+    again = FakeLauncher(answer)
+    runner, args = runner_for(again, "search.n_trials=5", "search.n_jobs=2")
+    assert runner.run(args)["study_name"] == summary["study_name"] and again.batches == []
+
+
+def test_failed_trials_do_not_count_and_too_many_stop_the_sweep(runner_for, tmp_path):
+    runner, args = runner_for(
+        FakeLauncher(lambda overrides: RuntimeError("CUDA out of memory")),
+        "search.n_trials=4",
+        "search.max_failure_rate=0.5",
+    )
+    with pytest.raises(SweepAbortedError, match="3 trials failed in this sweep"):
+        runner.run(args)
+    trials = results(tmp_path / "sweep")["trials"]
+    assert [t["state"] for t in trials] == ["FAIL"] * 3  # 3 > 0.5 x 4
+    assert trials[0]["fail_reason"] == "RuntimeError: CUDA out of memory"

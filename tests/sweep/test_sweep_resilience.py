@@ -1,0 +1,129 @@
+"""Sweeps that survive: a killed sweep resumes, several workers share one study, trials run in
+parallel processes (joblib launcher)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from sweep_helpers import (
+    PROJECT_DIR,
+    assert_shared_without_duplicates,
+    command,
+    default_storage,
+    make_dataset,
+    results,
+    run_sweep,
+    run_two_workers,
+    sweep_env,
+    tiny_overrides,
+    trials_of,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep_data")
+    return make_dataset(root), root / "cache"
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240):
+    """Poll ``predicate()`` until it returns something truthy (the sweep must stay alive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        assert proc.poll() is None, "the sweep ended before the awaited moment"
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed_one(
+    shared, tmp_path
+):
+    data_dir, cache = shared
+    sweep_dir, env = tmp_path / "sweep", sweep_env(tmp_path, cache)
+    url = default_storage(tmp_path)
+    args = [
+        *tiny_overrides(data_dir, sweep_dir, epochs=1),
+        "search.sampler.name=random",
+        "search.sampler.seed=0",
+        "search.pruner.name=none",
+        "search.n_trials=2",
+    ]
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(
+            command(*args), cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+        def second_trial_running():
+            if not (tmp_path / "runs" / "lorasweep_optuna.db").exists():
+                return None
+            trials = trials_of(url)
+            states = [t.state for t in trials]
+            return trials if states[:2] == [optuna.trial.TrialState.COMPLETE,
+                                            optuna.trial.TrialState.RUNNING] else None  # fmt: skip
+
+        before = wait_for(second_trial_running, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(3)  # past the 2 s grace period: the killed trial's heartbeat is stale
+    rerun = run_sweep(args, env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    trials = trials_of(url)
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 2 and len(trials) == 3
+    # The completed trial is kept as it was; the killed one failed and was queued again.
+    assert (trials[0].state.name, trials[0].values) == ("COMPLETE", before[0].values)
+    assert trials[0].datetime_complete == before[0].datetime_complete
+    assert trials[1].state.name == "FAIL"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].params == trials[1].params
+    summary = {t["number"]: t for t in results(sweep_dir)["trials"]}
+    assert summary[1]["fail_reason"] == "the process running it stopped (no heartbeat)"
+    assert summary[retries[0].number]["retry_of"] == 1
+    assert "Launching 1 jobs" in rerun.stdout + rerun.stderr
+
+
+def test_two_workers_share_one_study_and_run_no_trial_twice(shared, tmp_path):
+    data_dir, cache = shared
+    args = [
+        *tiny_overrides(data_dir, tmp_path / "sweep", epochs=1),
+        "search.sampler.name=random",
+        "search.pruner.name=none",
+        "search.n_trials=4",
+    ]
+    texts = run_two_workers(args, sweep_env(tmp_path, cache), tmp_path)
+    assert_shared_without_duplicates(trials_of(default_storage(tmp_path)), texts, 4)
+
+
+def test_joblib_launcher_runs_trials_in_parallel_processes(shared, tmp_path):
+    data_dir, cache = shared
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        *tiny_overrides(data_dir, sweep_dir, epochs=1),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "search.sampler.name=random",
+        "search.pruner.name=none",
+        "search.n_trials=2",
+    ]
+    proc = run_sweep(args, sweep_env(tmp_path, cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    trials = trials_of(default_storage(tmp_path))
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    sweeper = {t.user_attrs["sweeper"] for t in trials}
+    workers = {t.user_attrs["job_worker"] for t in trials}
+    assert len(sweeper) == 1 and not workers & sweeper  # trained outside the sweeper process
+    assert {p.name for p in sweep_dir.glob("trial_*")} == {"trial_0", "trial_1"}

@@ -1,0 +1,150 @@
+"""The trial side without training: per-epoch reporting, pruning, best epoch, failures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from sweeper.callbacks import EpochLoss, NonFiniteLossGuard, TrainingDivergedError
+from sweeper.results import reproduce_command
+from sweeper.search_config import SearchSettings
+from sweeper.trial import MetricNotFoundError, NoObjectiveError, OptunaReporter
+from trainer.loop.callbacks import StopTraining
+
+
+def settings(metrics=("eval/objective",), directions=("minimize",)) -> SearchSettings:
+    return SearchSettings(
+        sampler="random", sampler_seed=0, sampler_args={}, pruner="median", pruner_args={},
+        directions=tuple(directions), metrics=tuple(metrics), n_trials=4, n_jobs=None,
+        storage=None, study_name=None, max_failure_rate=0.5, heartbeat_interval=None,
+        grace_period=None, max_retry=None,
+    )  # fmt: skip
+
+
+def feed(reporter, source, epochs: dict[int, dict]) -> None:
+    reporter.on_train_start({"epochs": max(epochs)})
+    for epoch, scores in epochs.items():
+        source.results[epoch] = scores
+        reporter.on_epoch_saved(epoch, Path(f"e{epoch}.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    ],
+)
+def test_value_is_the_best_epoch_and_a_hopeless_trial_is_pruned_early(pruner):
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+    source = SimpleNamespace(results={})
+    good = study.ask()
+    reporter = OptunaReporter(good, [source], settings())
+    feed(reporter, source, {1: {"eval/objective": 1.0}, 2: {"eval/objective": 0.8},
+                            3: {"eval/objective": 0.9}})  # fmt: skip
+    outcome = reporter.outcome()
+    assert outcome == {"state": "COMPLETE", "values": [0.8], "best_epoch": 2,
+                       "pruned_at_epoch": None}  # fmt: skip
+    assert study.trials[0].intermediate_values == {1: 1.0, 2: 0.8, 3: 0.9}
+    assert good.user_attrs["epoch_metrics"]["2"] == {"eval/objective": 0.8}
+    study.tell(good, outcome["values"])
+
+    source = SimpleNamespace(results={})
+    hopeless = study.ask()
+    reporter = OptunaReporter(hopeless, [source], settings())
+    reporter.on_train_start({"epochs": 3})
+    source.results[1] = {"eval/objective": 5.0}
+    with pytest.raises(StopTraining, match="pruned at epoch 1"):
+        reporter.on_epoch_saved(1, Path("e1"))
+    assert reporter.outcome()["state"] == "PRUNED"
+    assert reporter.outcome()["pruned_at_epoch"] == 1
+
+
+def test_the_last_epoch_is_never_pruned():
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+    first = study.ask()
+    first.report(0.1, 1)
+    study.tell(first, 0.1)
+    source = SimpleNamespace(results={})
+    reporter = OptunaReporter(study.ask(), [source], settings())
+    feed(reporter, source, {1: {"eval/objective": 9.0}})  # worse, but training is over
+    assert reporter.outcome()["state"] == "COMPLETE"
+
+
+def test_skipped_epochs_are_not_reported_but_a_misnamed_metric_fails():
+    study = optuna.create_study()
+    losses, evaluation = SimpleNamespace(results={}), SimpleNamespace(results={})
+    reporter = OptunaReporter(study.ask(), [losses, evaluation], settings())
+    reporter.on_train_start({"epochs": 4})
+    losses.results[1] = {"train/epoch_loss": 1.0}  # eval.every_n_epochs skipped epoch 1
+    reporter.on_epoch_saved(1, Path("e1"))
+    assert reporter.history == {}
+    # The evaluation catches up on a skipped last file when training ends: it still counts.
+    evaluation.results[1] = {"eval/objective": 0.5}
+    reporter.on_train_end(None)
+    assert reporter.history == {1: {"eval/objective": 0.5}}
+    assert reporter.outcome()["best_epoch"] == 1
+    losses.results[2] = {"train/epoch_loss": 0.9}
+    evaluation.results[2] = {"eval/clip_i": 0.3}
+    with pytest.raises(MetricNotFoundError, match=r"\['eval/objective'\].*eval/clip_i"):
+        reporter.on_epoch_saved(2, Path("e2"))
+
+
+def test_multi_objective_takes_the_values_of_one_epoch_and_reports_nothing():
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    source = SimpleNamespace(results={})
+    trial = study.ask()
+    metrics = ("eval/clip_i", "eval/clip_t")
+    reporter = OptunaReporter(trial, [source], settings(metrics, ("maximize", "maximize")))
+    feed(reporter, source, {1: {"eval/clip_i": 0.5, "eval/clip_t": 0.9},
+                            2: {"eval/clip_i": 0.7, "eval/clip_t": 0.2}})  # fmt: skip
+    assert reporter.outcome()["values"] == [0.7, 0.2]  # both from epoch 2, a real file
+    assert reporter.outcome()["best_epoch"] == 2
+    assert study.trials[0].intermediate_values == {}
+
+
+def test_no_finite_objective_is_an_error():
+    study = optuna.create_study()
+    source = SimpleNamespace(results={})
+    reporter = OptunaReporter(study.ask(), [source], settings())
+    feed(reporter, source, {1: {"eval/objective": math.nan}})
+    with pytest.raises(NoObjectiveError, match="no evaluated epoch gave finite"):
+        reporter.outcome()
+
+
+def test_training_callbacks_guard_nan_and_average_epoch_loss():
+    guard = NonFiniteLossGuard()
+    guard.on_step(1, {"train/loss": 0.5})
+    with pytest.raises(TrainingDivergedError, match=r"non-finite training loss \(nan\) at step 2"):
+        guard.on_step(2, {"train/loss": math.nan})
+    losses = EpochLoss()
+    for step, (loss, epoch) in enumerate([(1.0, 1), (3.0, 1), (0.5, 2)], start=1):
+        losses.on_step(step, {"train/loss": loss, "train/epoch": float(epoch)})
+    losses.on_epoch_saved(1, Path("e1"))
+    losses.on_epoch_saved(2, Path("e2"))
+    assert losses.results == {1: {"train/epoch_loss": 2.0}, 2: {"train/epoch_loss": 0.5}}
+
+
+def test_reproduce_command_keeps_the_experiment_and_drops_the_sweep():
+    fixed = ["+category=F", "optimizer=prodigy", "search.n_trials=4", "hydra/launcher=joblib",
+             "hydra.sweep.dir=/tmp/x", "data.dir=/data/my cat"]  # fmt: skip
+    command = reproduce_command(fixed, ["network.dim=96", "network.alpha=12"])
+    assert command == (
+        "python -m sweeper +category=F optimizer=prodigy 'data.dir=/data/my cat' "
+        "network.dim=96 network.alpha=12"
+    )
+
+
+def test_multirun_flag_may_follow_the_overrides():
+    from sweeper.__main__ import multirun_flag_first
+
+    argv = ["sweeper", "+category=F", "optimizer=prodigy", "-m", "search.n_trials=4"]
+    assert multirun_flag_first(argv) == [
+        "sweeper", "-m", "+category=F", "optimizer=prodigy", "search.n_trials=4"
+    ]  # fmt: skip
+    assert multirun_flag_first(["sweeper", "a=1"]) == ["sweeper", "a=1"]
