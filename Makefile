@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Nothing in the demo or the tests may reach a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup demo test test-fast lint format clean
+.PHONY: help setup demo ui test test-fast lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,20 +20,34 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,sweep]'
+	$(BIN)/pip install --quiet -e '.[dev,sweep,face]'
 	$(BIN)/pip install --quiet --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
 # The real main job, small: an Optuna sweep of 4 trials with pruning on, over the default search
-# space, on the tiny model and the sample data. Evaluation is trimmed to two strengths to stay
-# within a few minutes on 2 CPU cores; each `make demo` starts a fresh study.
+# space, on the tiny model and the sample data, tracked in MLflow, then its research report.
+# Evaluation is trimmed to two strengths (and a 2 x 2 UNet x TE grid) to stay within a few
+# minutes on 2 CPU cores; each `make demo` starts a fresh study.
+DEMO_STUDY := demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_SWEEP := search.n_trials=4 train.max_train_epochs=2 \
 	search.pruner.median.n_startup_trials=2 search.pruner.median.n_warmup_steps=0 \
-	'eval.strengths=[0.5,1.0]' 'eval.unet_strengths=[]' 'eval.te_strengths=[]' \
-	search.study_name=demo-$$(date +%Y%m%d-%H%M%S)
+	'eval.strengths=[0.5,1.0]' 'eval.unet_strengths=[0.5,1.0]' 'eval.te_strengths=[0.5,1.0]' \
+	search.study_name=$(DEMO_STUDY)
 
-demo: setup ## A small Optuna sweep on the tiny model: 4 trials, pruning on (CPU, ~3 minutes)
+demo: setup ## A small tracked Optuna sweep on the tiny model (4 trials, pruning) and its report
 	$(OFFLINE) $(BIN)/python -m sweeper -m $(DEMO_SWEEP)
+	$(OFFLINE) $(BIN)/python -m sweeper.report --study $(DEMO_STUDY)
+	@echo "Dashboard: make ui  (MLflow UI on http://127.0.0.1:$(UI_PORT))"
+
+# The embedded MLflow store of conf/tracking (LORASWEEP_MLRUNS_DIR moves it), bound to this
+# machine only. One worker: the UI is for one person, and each worker takes seconds to start.
+MLRUNS  ?= $(or $(LORASWEEP_MLRUNS_DIR),$(CURDIR)/mlruns)
+UI_PORT ?= 5000
+
+ui: setup ## The MLflow dashboard of every tracked run, on http://127.0.0.1:5000 (UI_PORT=...)
+	@mkdir -p $(MLRUNS)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db \
+		--default-artifact-root $(MLRUNS)/artifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 test: setup ## Run the whole test suite (GPU tests skip without CUDA)
 	$(OFFLINE) $(BIN)/pytest -q

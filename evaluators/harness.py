@@ -35,7 +35,7 @@ from evaluators.samplers import build_sampler
 from evaluators.scorers import ScoreInputs, Scorer, build_scorers
 from evaluators.settings import EvalSettings, read_eval_settings
 from trainer.errors import ConfigError, ModelLoadError
-from trainer.models.loading import classify_source, read_model_settings
+from trainer.models.loading import BUILT_IN_MODELS, classify_source, read_model_settings
 from trainer.networks.kohya_format import read_metadata
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def resolve_checkpoints(settings: EvalSettings, model_cfg: Any) -> list[Checkpoi
         if "name" not in entry and entry.get("path") != base.get("path"):
             merged.pop("name", None)
         read_model_settings(merged)
-        if merged["path"] != "tiny":
+        if merged["path"] not in BUILT_IN_MODELS:
             classify_source(str(merged["path"]), key=f"eval.checkpoints[{i}].path")
         label = str(entry.get("name") or _label(merged))
         while label in labels:

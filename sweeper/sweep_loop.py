@@ -40,6 +40,13 @@ from sweeper.study import (
     storage_url,
     tell,
 )
+from sweeper.tracking import (
+    Tracker,
+    finish_sweep_run,
+    job_overrides,
+    record_trial,
+    start_sweep_run,
+)
 from sweeper.trial import MetricNotFoundError, worker_name
 from trainer.errors import LorasweepError
 
@@ -88,6 +95,7 @@ class SweepRunner:
         self.config, self.launcher, self.loader = config, launcher, config_loader
         self.job_idx = 0
         self.failed_here = 0
+        self.tracker = Tracker()  # the study's MLflow parent run (set in run())
 
     # -- set-up: everything is checked before the storage is touched -------------------------
     def plan(self, arguments: Sequence[str]) -> tuple[SearchSettings, SearchSpace, list[str]]:
@@ -146,12 +154,18 @@ class SweepRunner:
         sampler = build_sampler(settings, space)
         study = open_study(name, storage, settings, sampler)
         log.info("study %s in %s: %s", name, url, space.keys)
+        # The report rebuilds reproduction commands from these when the results file is gone.
+        study.set_user_attr("fixed_overrides", list(fixed))
+        self.tracker = start_sweep_run(self.config, study, fixed)
+        failed = True
         try:
             self._loop(study, storage, settings, space, fixed, adaptive)
+            failed = False
         finally:
             summary = summarize(study, fixed, settings.n_trials, url)
             write_results(results_path, summary)
             print_summary(summary, results_path)
+            finish_sweep_run(self.tracker, summary, results_path, failed=failed)
         return summary
 
     def _loop(self, study, storage, settings, space, fixed, adaptive) -> None:
@@ -196,6 +210,7 @@ class SweepRunner:
         trial.set_user_attr("overrides", sampled)
         trial.set_user_attr("sweeper", worker_name())
         identity = [
+            *job_overrides(self.tracker),  # nests the job's MLflow run under the sweep's
             f"+optuna.study={format_value(study.study_name)}",
             f"+optuna.trial_number={trial.number}",
         ]
@@ -204,8 +219,9 @@ class SweepRunner:
     def _run_batch(self, study, storage, settings, space, fixed, adaptive, size: int) -> None:
         asked = [self._ask(study, storage, space, fixed, adaptive) for _ in range(size)]
         trials = [t for t, _ in asked]
-        for trial, overrides in asked:
-            log.info("trial %d: %s", trial.number, " ".join(overrides[len(fixed) : -2]))
+        for trial in trials:
+            sampled = trial.user_attrs.get("overrides", [])
+            log.info("trial %d: %s", trial.number, " ".join(sampled))
         ids = [t._trial_id for t in trials]
         try:
             with Heartbeat(storage, ids, settings.heartbeat_interval):
@@ -214,7 +230,10 @@ class SweepRunner:
             returns = [exc] * len(trials)
         self.job_idx += len(trials)
         for trial, ret in zip(trials, returns, strict=True):
-            self._tell(study, trial, ret)
+            try:
+                self._tell(study, trial, ret)
+            finally:  # the state on the trial's MLflow run, its value on the parent
+                record_trial(self.tracker, study, trial.number)
 
     def _tell(self, study, trial: optuna.Trial, ret: JobReturn | Exception) -> None:
         try:

@@ -1,18 +1,29 @@
 """The task function: what one Hydra job of ``python -m sweeper`` does.
 
 Launched by the Optuna sweeper (the config has ``optuna.study``/``optuna.trial_number``) it runs
-one trial (``sweeper.trial``); otherwise it trains once and prints where the files are.
+one trial (``sweeper.trial``). Otherwise it is one run, trained and evaluated exactly as one
+trial with the same config would be (``search.metrics`` decides whether the evaluators run), so
+a trial's reproduction command (``python -m sweeper <its overrides>``) prints that trial's
+objective again; it is tracked as one MLflow run and prints where the files are.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweeper.callbacks import LogMetrics, NonFiniteLossGuard, configured_callbacks
+from sweeper.callbacks import (
+    TRAINING_METRICS,
+    EpochLoss,
+    LogMetrics,
+    NonFiniteLossGuard,
+    configured_callbacks,
+)
+from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
 
 log = logging.getLogger(__name__)
@@ -24,8 +35,57 @@ def run_task(cfg: DictConfig) -> Any:
         from sweeper.trial import run_trial
 
         return run_trial(cfg)
-    callbacks = [LogMetrics(), NonFiniteLossGuard(), *configured_callbacks(cfg)]
-    result = train_from_config(cfg, callbacks=callbacks)
+    return run_single(cfg)
+
+
+def best_epoch(
+    results: dict[int, dict[str, float]], metric: str, direction: str
+) -> tuple[int, float] | None:
+    """The epoch with the best finite ``metric`` (the earliest among equals), as a trial picks
+    its best epoch."""
+    finite = {e: r[metric] for e, r in results.items() if math.isfinite(r.get(metric, math.nan))}
+    if not finite:
+        return None
+    pick = max if direction == "maximize" else min
+    epoch = pick(sorted(finite), key=lambda e: finite[e])
+    return epoch, finite[epoch]
+
+
+def run_single(cfg: DictConfig) -> float:
+    """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
+    from sweeper.tracking import MlflowCallback, single_run
+
+    metrics = list(OmegaConf.select(cfg, "search.metrics", default=None) or ["eval/objective"])
+    directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
+    with single_run(cfg) as run:
+        losses = EpochLoss()
+        sources: list = [losses]
+        callbacks: list[TrainingCallback] = [
+            LogMetrics(),
+            losses,
+            NonFiniteLossGuard(),
+            *configured_callbacks(cfg),
+        ]
+        evaluation = None
+        if any(m not in TRAINING_METRICS for m in metrics):
+            from evaluators.callback import EvaluationCallback
+
+            evaluation = EvaluationCallback(cfg)
+            callbacks.append(evaluation)
+            sources.append(evaluation)
+        callbacks.append(MlflowCallback(run, sources, evaluation))
+        result = train_from_config(cfg, callbacks=callbacks)
+        merged: dict[int, dict[str, float]] = {}
+        for source in sources:
+            for epoch, values in source.results.items():
+                merged.setdefault(epoch, {}).update(values)
+        best = best_epoch(merged, metrics[0], directions[0])
+        run.complete("COMPLETE", best[0] if best else None, result.saved, result.stopped_early)
+    _print_run(cfg, result, merged, best, metrics)
+    return result.mean_loss_last_epoch
+
+
+def _print_run(cfg: DictConfig, result, merged: dict, best, metrics: list[str]) -> None:
     out = Path(cfg.paths.output_dir)
     print(
         f"\nTrained {result.global_step} steps over {result.epochs_done} epochs "
@@ -35,4 +95,8 @@ def run_task(cfg: DictConfig) -> Any:
     print(f"LoRA files ({len(result.saved)}) in {out}:")
     for saved in result.saved:
         print(f"  epoch {saved.epoch:>3}  step {saved.step:>5}  {saved.path}")
-    return result.mean_loss_last_epoch
+    if best is not None:
+        # repr: every digit, so the number compares exactly with a trial's value.
+        scores = merged[best[0]]
+        values = ", ".join(f"{m} = {scores[m]!r}" for m in metrics if m in scores)
+        print(f"best epoch {best[0]}: {values}")

@@ -148,13 +148,24 @@ def open_trial(cfg: DictConfig, settings: SearchSettings) -> optuna.trial.Trial:
 
 
 def run_trial(cfg: DictConfig) -> dict[str, Any]:
-    """Train the trial's adapter, reporting each evaluated epoch; returns the outcome."""
-    from trainer.run import train_from_config
+    """Train the trial's adapter, reporting each evaluated epoch; returns the outcome.
+
+    The trial is tracked as a child of the sweep's MLflow run; a trial that raises ends its
+    run as FAILED with the reason, having logged everything up to the failure."""
+    from sweeper.tracking import trial_run
 
     settings = read_settings(cfg.search)
     trial = open_trial(cfg, settings)
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
+    with trial_run(cfg, trial) as run:
+        return _train_trial(cfg, settings, trial, run)
+
+
+def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[str, Any]:
+    from sweeper.tracking import MlflowCallback
+    from trainer.run import train_from_config
+
     losses = EpochLoss()
     sources: list = [losses]
     callbacks: list[TrainingCallback] = [
@@ -163,12 +174,15 @@ def run_trial(cfg: DictConfig) -> dict[str, Any]:
         NonFiniteLossGuard(),
         *configured_callbacks(cfg),
     ]
+    evaluation = None
     if any(m not in TRAINING_METRICS for m in settings.metrics):
         from evaluators.callback import EvaluationCallback
 
         evaluation = EvaluationCallback(cfg)
         callbacks.append(evaluation)
         sources.append(evaluation)
+    # Tracking logs each epoch before the reporter may stop training after it.
+    callbacks.append(MlflowCallback(run, sources, evaluation))
     reporter = OptunaReporter(trial, sources, settings)
     callbacks.append(reporter)
     result = train_from_config(cfg, callbacks=callbacks)
@@ -178,6 +192,7 @@ def run_trial(cfg: DictConfig) -> dict[str, Any]:
     trial.set_user_attr("files", files)
     trial.set_user_attr("best_epoch", outcome["best_epoch"])
     trial.set_user_attr("best_file", files.get(str(outcome["best_epoch"])))
+    run.complete(outcome["state"], outcome["best_epoch"], result.saved, result.stopped_early)
     log.info(
         "trial %d: %s, values %s at epoch %d",
         trial.number,

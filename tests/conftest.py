@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One intra-op thread, here and in every subprocess the tests start (sweeps, workers, joblib).
+# On 2 cores, torch's OpenMP threads spin-wait for each other as soon as another process
+# competes for the CPU: 30 tiny-model steps took 132 s with 2 threads under load versus 1.6 s
+# with 1 (measured here). The tiny models gain nothing from a second thread.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+# Tracking is on by default: keep every test's MLflow runs out of the project's mlruns/ and off
+# any server the developer's MLFLOW_TRACKING_URI names. One store for the session (creating an
+# MLflow database takes seconds); tests that inspect runs give their own tracking.mlruns_dir.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+if "LORASWEEP_MLRUNS_DIR" not in os.environ:
+    os.environ["LORASWEEP_MLRUNS_DIR"] = tempfile.mkdtemp(prefix="lorasweep-test-mlruns-")
+    atexit.register(shutil.rmtree, os.environ["LORASWEEP_MLRUNS_DIR"], True)
 
 
 def pytest_collection_modifyitems(config, items):

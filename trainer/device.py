@@ -43,11 +43,28 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     return PRECISIONS[mixed_precision]
 
 
-def make_deterministic(seed: int, device: torch.device) -> None:
-    """Seed everything and, on the CPU, forbid non-deterministic kernels."""
+def make_deterministic(seed: int, device: torch.device, deterministic: bool = True) -> None:
+    """Seed everything; ``deterministic`` (``train.deterministic``) picks kernels.
+
+    On the CPU, True forbids non-deterministic kernels (bitwise-reproducible runs). On CUDA,
+    True turns cuDNN's autotuner off (it may pick different algorithms run to run); False turns
+    it on, which is faster for the UNet's fixed shapes. CUDA runs are not bitwise reproducible
+    either way (atomic adds in some backward kernels).
+    """
     torch.manual_seed(seed)
     if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(bool(deterministic))
     else:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) CPU memory to CUDA waits until the GPU's queue has drained,
+    a hidden host sync at every step; a copy from pinned memory is queued like a kernel.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

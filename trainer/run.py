@@ -27,6 +27,8 @@ from trainer.networks.kohya_format import save_lora
 from trainer.networks.metadata import kohya_metadata
 from trainer.optim.optimizers import build_optimizer, describe_optimizer, lr_metrics
 from trainer.optim.schedulers import build_scheduler
+from trainer.speed import cast_frozen, prepare_unet, speed_options
+from trainer.speed import describe as describe_speed
 from trainer.validate import validate_run
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,9 @@ def train_from_config(
         return run_mode(cfg, callbacks, components)
     tc = cfg.train
     device = resolve_device(tc.device)
-    make_deterministic(tc.seed, device)
+    make_deterministic(tc.seed, device, tc.get("deterministic", True))
+    autocast = autocast_dtype(tc.mixed_precision, device)
+    speed = speed_options(tc, device, autocast)
     cache_dir = Path(cfg.paths.cache_dir)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -69,8 +73,14 @@ def train_from_config(
     # before (data preparation may draw random numbers).
     torch.manual_seed(tc.seed)
     network = build_network(components.unet, components.text_encoder, cfg.network)
+    cast_frozen([components.unet, components.text_encoder], speed.frozen_dtype)
+    prepare_unet(components.unet, speed)
+    log.info("speed: %s", describe_speed(speed))
     optimizer = build_optimizer(
-        cfg.optimizer, network.unet_parameters(), network.text_encoder_parameters()
+        cfg.optimizer,
+        network.unet_parameters(),
+        network.text_encoder_parameters(),
+        fused=speed.fused_optimizer,
     )
     epochs, max_steps = plan_length(
         data.batches_per_epoch,
@@ -93,7 +103,7 @@ def train_from_config(
         clip_skip=cfg.model.clip_skip,
         max_token_length=cfg.data.max_token_length,
         train_text_encoder=cfg.network.train_text_encoder,
-        autocast_dtype=autocast_dtype(tc.mixed_precision, device),
+        autocast_dtype=autocast,
         progress_bar=tc.progress_bar,
     )
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)

@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from trainer.errors import ConfigError, LorasweepError
+from trainer.models.loading import BUILT_IN_MODELS
 from trainer.modes.settings import mode_problems
+from trainer.speed import speed_problems
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "ia3", "dora")
@@ -51,7 +53,7 @@ def _is_number(value) -> bool:
 
 def model_path_problem(path: str) -> str | None:
     """Why ``model.path`` cannot be loaded, or None. Hub ids are accepted as given."""
-    if path == "tiny":
+    if path in BUILT_IN_MODELS:
         return None
     p = Path(path).expanduser()
     if p.is_file():
@@ -65,8 +67,8 @@ def model_path_problem(path: str) -> str | None:
     if _HUB_ID.match(path) and not p.suffix:
         return None
     return (
-        f"model.path: {path!r} does not exist; expected 'tiny', a .safetensors/.ckpt file, "
-        "a diffusers folder, or a hub id (owner/name, online only)"
+        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', a "
+        ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
     )
 
 
@@ -152,7 +154,12 @@ def _train(cfg: DictConfig) -> list[str]:
         f"train.save_precision: {t.save_precision!r} is not one of float, fp16, bf16",
         problems,
     )
-    return problems
+    _need(
+        isinstance(t.get("deterministic", True), bool),
+        f"train.deterministic: {t.get('deterministic')!r} must be true or false",
+        problems,
+    )
+    return problems + speed_problems(t)
 
 
 def _data_settings(cfg: DictConfig) -> list[str]:

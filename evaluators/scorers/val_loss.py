@@ -13,6 +13,8 @@ Metric: ``val_loss`` = mean over images and timesteps of the MSE against the tra
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +24,11 @@ from torch.nn import functional as F
 from evaluators.scorers.base import ScoreInputs
 from trainer.data.images import to_tensor
 from trainer.errors import ConfigError
+
+# Latents of validation images, per VAE object and pixel content, shared by every scorer of the
+# process: a sweep builds a new harness (and scorer) per trial, while the images and the cached
+# base model's VAE stay the same, so only the first trial encodes them.
+_SHARED_LATENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -49,6 +56,7 @@ class ValLossScorer:
         if not images or len(images) != len(captions):
             raise ValueError("validation loss needs images, one caption each")
         self.pixels = torch.stack([to_tensor(_fit(im, *size)) for im in images])
+        self._digest = hashlib.sha256(self.pixels.numpy().tobytes()).hexdigest()
         self.captions = list(captions)
         self.timesteps = list(timesteps)
         self.seed = seed
@@ -57,13 +65,17 @@ class ValLossScorer:
 
     @torch.no_grad()
     def latents(self, vae) -> torch.Tensor:
-        """The images' latents under ``vae`` (posterior mean, scaled), computed once per VAE."""
+        """The images' latents under ``vae`` (posterior mean, scaled), computed once per VAE
+        and process (shared with other scorers of the same images)."""
         key = id(vae)
         if key not in self._latents:
-            param = next(vae.parameters())
-            pixels = self.pixels.to(param.device, param.dtype)
-            mean = vae.encode(pixels).latent_dist.mean
-            self._latents[key] = mean.float().cpu() * float(vae.config.scaling_factor)
+            shared = _SHARED_LATENTS.setdefault(vae, {})
+            if self._digest not in shared:
+                param = next(vae.parameters())
+                pixels = self.pixels.to(param.device, param.dtype)
+                mean = vae.encode(pixels).latent_dist.mean
+                shared[self._digest] = mean.float().cpu() * float(vae.config.scaling_factor)
+            self._latents[key] = shared[self._digest]
         return self._latents[key]
 
     def noise(self, shape: torch.Size) -> torch.Tensor:

@@ -70,7 +70,9 @@ def test_runs_until_n_trials_finished_in_batches_with_the_trial_identity(runner_
     assert first[: len(args)] == args  # the fixed overrides reach every job
     assert first[-2] == f"+optuna.study={summary['study_name']}"
     assert first[-1] == "+optuna.trial_number=0"
-    assert {o.split("=")[0] for o in first[len(args) : -2]} == {
+    # The job's MLflow run nests under the sweep's parent run (tracking is on by default).
+    assert first[-3] == f"+tracking.parent_run_id='{runner.tracker.run_id}'"
+    assert {o.split("=")[0] for o in first[len(args) : -3]} == {
         "network.dim", "network.alpha", "optimizer.unet_lr"
     }  # fmt: skip
     assert summary["states"] == {"COMPLETE": 4, "PRUNED": 1}

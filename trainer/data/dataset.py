@@ -46,6 +46,7 @@ from trainer.data.kohya_layout import (
     scan_dataset,
 )
 from trainer.data.latent_cache import LatentCache, LatentRequest, VaeEncoder, file_digest
+from trainer.device import to_device
 from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -306,18 +307,17 @@ class TrainingData:
         )
         for indices, batch_latents in zip(order, latents):
             picked = [self.samples[i] for i in indices]
+            # Pinned, non-blocking copies (to_device): the host never waits for the GPU here.
+            weights = torch.tensor([s.loss_weight for s in picked], dtype=torch.float32)
+            is_reg = torch.tensor([s.item.is_reg for s in picked], dtype=torch.bool)
             yield {
-                "latents": (batch_latents.to(self.device) * self.scaling_factor).float(),
+                "latents": (to_device(batch_latents, self.device) * self.scaling_factor).float(),
                 "captions": [
                     caption_for_step(s.item.caption, self.options.captions, self.seed, epoch, i)
                     for s, i in zip(picked, indices)
                 ],
-                "loss_weights": torch.tensor(
-                    [s.loss_weight for s in picked], dtype=torch.float32, device=self.device
-                ),
-                "is_reg": torch.tensor(
-                    [s.item.is_reg for s in picked], dtype=torch.bool, device=self.device
-                ),
+                "loss_weights": to_device(weights, self.device),
+                "is_reg": to_device(is_reg, self.device),
                 "paths": [str(s.item.path) for s in picked],
             }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
+from trainer.device import to_device
+
 
 def sample_noise(
     latents: torch.Tensor, noise_offset: float, generator: torch.Generator
@@ -22,7 +24,7 @@ def sample_noise(
     if noise_offset:
         b, c = latents.shape[:2]
         noise = noise + noise_offset * torch.randn((b, c, 1, 1), generator=generator)
-    return noise.to(device=latents.device, dtype=latents.dtype)
+    return to_device(noise, latents.device).to(latents.dtype)
 
 
 def sample_timesteps(
@@ -30,7 +32,7 @@ def sample_timesteps(
 ) -> torch.Tensor:
     """Uniform integer timesteps in [0, num_train_timesteps)."""
     t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
-    return t.to(device)
+    return to_device(t, torch.device(device))
 
 
 def training_target(

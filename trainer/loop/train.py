@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from trainer.device import to_device
 from trainer.loop.callbacks import StopTraining, TrainingCallback
 from trainer.loop.noise import (
     min_snr_weights,
@@ -93,7 +94,9 @@ class TextConditioner:
         self._cache: dict[str, torch.Tensor] = {}
 
     def _encode(self, captions: Sequence[str]) -> torch.Tensor:
-        ids = tokenize_prompts(self.tokenizer, list(captions), self.max_len).to(self.device)
+        ids = to_device(
+            tokenize_prompts(self.tokenizer, list(captions), self.max_len), self.device
+        )
         return encode_tokens(self.text_encoder, ids, self.clip_skip)
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
@@ -152,7 +155,7 @@ def run_training(
         epoch_losses: list[float] = []
         micro = 0
         for batch in data.batches(epoch):
-            latents = batch["latents"].to(device)
+            latents = to_device(batch["latents"], device)
             with _autocast(device, settings.autocast_dtype):
                 loss = _batch_loss(
                     batch, latents, unet, scheduler, conditioner, settings, generator, device
@@ -217,7 +220,7 @@ def _batch_loss(batch, latents, unet, scheduler, conditioner, settings, generato
     prediction = unet(noisy, timesteps, encoder_states).sample
     target = training_target(scheduler, latents, noise, timesteps)
     per_sample = per_sample_mse(prediction, target)
-    weights = batch["loss_weights"].to(device) * min_snr_weights(
+    weights = to_device(batch["loss_weights"], device) * min_snr_weights(
         scheduler, timesteps, settings.min_snr_gamma
     )
     return (per_sample * weights).mean()

@@ -1,6 +1,7 @@
 """Load an SD 1.x base model from the ``model`` config group into :class:`SDComponents`.
 
-``model.path`` is one of: ``tiny`` (built in), a single-file checkpoint in the original SD layout
+``model.path`` is one of: ``tiny`` (built in), ``sd15_shape`` (built in: SD 1.5's architecture
+with random weights, for benchmarks), a single-file checkpoint in the original SD layout
 (``.safetensors``; ``.ckpt``/``.pt``/``.pth`` only through a loader that refuses pickled code),
 a diffusers folder (``model_index.json``), or a hub id ``owner/name`` (needs the network).
 
@@ -38,9 +39,12 @@ from trainer.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+# Models built from configs, with random weights: no file, no network.
+BUILT_IN_MODELS = ("tiny", "sd15_shape")
 ACCEPTED_PATHS = (
-    "'tiny', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a diffusers folder "
-    "containing model_index.json, or a Hugging Face hub id 'owner/name' (online only)"
+    "'tiny', 'sd15_shape', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a "
+    "diffusers folder containing model_index.json, or a Hugging Face hub id 'owner/name' "
+    "(online only)"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FILE_LIKE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
@@ -314,6 +318,10 @@ def load_model(model_cfg, cache_dir: str | Path | None = None) -> SDComponents:
     cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lorasweep"
     if settings.path == "tiny":
         components = tiny.build_tiny_components(settings.weights_seed, settings.prediction_type)
+    elif settings.path == "sd15_shape":
+        from trainer.models.sd15_shape import build_sd15_shape_components
+
+        components = build_sd15_shape_components(settings.weights_seed, settings.prediction_type)
     else:
         kind, location = classify_source(settings.path)
         if kind == "single_file":

@@ -24,6 +24,7 @@ from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_train
 from trainer.models.loading import load_model
 from trainer.optim.optimizers import build_optimizer, lr_metrics
 from trainer.optim.schedulers import build_scheduler
+from trainer.speed import speed_options
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class RunContext:
 def prepare_run(cfg: DictConfig) -> RunContext:
     """Device, determinism and folders; the resolved config is saved with the outputs."""
     device = resolve_device(cfg.train.device)
-    make_deterministic(cfg.train.seed, device)
+    make_deterministic(cfg.train.seed, device, cfg.train.get("deterministic", True))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
@@ -107,7 +108,8 @@ def train_loop(
     """Optimizer and schedule over ``params`` (UNet, TE), then the shared training loop."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    optimizer = build_optimizer(opt_cfg, *params)
+    fused = speed_options(tc, ctx.device, None).fused_optimizer
+    optimizer = build_optimizer(opt_cfg, *params, fused=fused)
     epochs, max_steps = plan_length(
         data.batches_per_epoch, tc.gradient_accumulation_steps, tc.max_train_epochs,
         tc.max_train_steps,

@@ -1,0 +1,215 @@
+"""``python -m bench train|eval|sweep [--smoke] [options]``: measure, print, append to RESULTS.md.
+
+    python -m bench train --model sd15_shape --batch 8           # P1 (GPU)
+    python -m bench eval --model sd15_shape                       # P3 (GPU)
+    python -m bench sweep                                         # P2 and P4 (tiny, CPU)
+    python -m bench train --smoke --results /tmp/r.md             # CI: a few steps, any device
+
+``--smoke`` shrinks every size to seconds on a CPU (tiny model); the numbers it prints are not
+measurements, only proof that the benchmark still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.report import DEFAULT_RESULTS, append_block, command_line
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smoke", action="store_true", help="a few steps: CI, not numbers")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="file to append")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for our runs (repeatable), e.g. train.compile=true",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch.set_num_threads (CPU runs)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+
+    train = sub.add_parser("train", help="P1: our loop vs the reference loop (images/s, MFU)")
+    _common(train)
+    train.add_argument("--model", default="tiny", choices=["tiny", "sd15_shape"])
+    train.add_argument("--resolution", type=int, default=None, help="default: the model's")
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--rank", type=int, default=32)
+    train.add_argument("--window", type=int, default=10, help="steps per timing window")
+    train.add_argument("--windows", type=int, default=3, help="measured windows")
+    train.add_argument("--variants", default="ours,reference", help="ours,reference")
+    train.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU")
+    train.add_argument("--repeats", type=int, default=1, help="alternating runs; median")
+    train.add_argument(
+        "--ref-targets",
+        default="example",
+        choices=["example", "ours"],
+        help="reference LoRA targets: the example's to_q/k/v/out.0, or our network's modules",
+    )
+    train.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write torch.profiler tables of one window per variant to DIR (slows that window)",
+    )
+
+    evaluate = sub.add_parser("eval", help="P3: evaluating an epoch vs training it")
+    _common(evaluate)
+    evaluate.add_argument("--model", default="tiny", choices=["tiny", "sd15_shape"])
+    evaluate.add_argument("--resolution", type=int, default=None, help="default: the model's")
+    evaluate.add_argument("--epochs", type=int, default=2, help="the last one is measured")
+    evaluate.add_argument(
+        "--project-to",
+        default=None,
+        choices=["tiny", "sd15_shape"],
+        help="also price the evaluation's module calls on this model, in FLOPs (no run)",
+    )
+    evaluate.add_argument("--project-resolution", type=int, default=512)
+
+    sweep = sub.add_parser("sweep", help="P2 and P4: sampler+pruner vs grid, cache counts")
+    _common(sweep)
+    sweep.add_argument("--trials", type=int, default=None, help="TPE trials (default: 1/4 grid)")
+    sweep.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    sweep.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trials")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with _quiet_libraries():
+        return _run(args, argv)
+
+
+def _run(args, argv: list[str] | None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    command = command_line(argv)
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        if args.bench == "train":
+            block = _train(args, command)
+        elif args.bench == "eval":
+            block = _eval(args, command)
+        else:
+            block = _sweep(args, command)
+    finally:
+        torch.set_num_threads(threads)
+    if args.smoke:
+        block.notes.insert(0, "SMOKE run (CI): sizes shrunk to seconds; not a measurement")
+    text = block.markdown()
+    print(text)
+    append_block(block, args.results)
+    print(f"appended to {args.results}", file=sys.stderr)
+    return 0
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """diffusers warns on every ``.to(dtype)`` of a UNet, transformers draws progress bars;
+    both are restored afterwards (``main`` may run inside another program, e.g. pytest)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    bars = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def _train(args, command: str):
+    from bench.train_bench import TrainBenchOptions, train_bench
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in ("ours", "reference")]
+    if bad:
+        raise SystemExit(f"--variants: {bad} not allowed; allowed: ours, reference")
+    opts = TrainBenchOptions(
+        model=args.model,
+        resolution=args.resolution,
+        batch=args.batch,
+        rank=args.rank,
+        window=args.window,
+        windows=args.windows,
+        device=args.device,
+        variants=variants,
+        overrides=tuple(args.override),
+        peak_tflops=args.peak_tflops,
+        repeats=args.repeats,
+        ref_targets=args.ref_targets,
+        profile_dir=args.profile,
+    )
+    if args.smoke:
+        opts = TrainBenchOptions(
+            model="tiny",
+            resolution=64,
+            batch=2,
+            rank=4,
+            window=2,
+            windows=1,
+            images=2,
+            device=args.device,
+            variants=variants,
+            overrides=tuple(args.override),
+            ref_targets=args.ref_targets,
+            profile_dir=args.profile,
+        )
+    return train_bench(opts, command)
+
+
+def _eval(args, command: str):
+    from bench.eval_bench import EvalBenchOptions, eval_bench
+
+    opts = EvalBenchOptions(
+        model=args.model,
+        resolution=args.resolution,
+        epochs=args.epochs,
+        device=args.device,
+        overrides=tuple(args.override),
+        project_to=args.project_to,
+        project_resolution=args.project_resolution,
+    )
+    if args.smoke:
+        opts = dataclasses.replace(
+            EvalBenchOptions.smoke(args.device, tuple(args.override)),
+            project_to=args.project_to,
+            project_resolution=args.project_resolution,
+        )
+    return eval_bench(opts, command)
+
+
+def _sweep(args, command: str):
+    from bench.sweep_bench import SweepBenchOptions, sweep_bench
+
+    opts = SweepBenchOptions(
+        trials=args.trials, seed=args.seed, overrides=tuple(args.override), threads=args.threads
+    )
+    if args.smoke:
+        opts = SweepBenchOptions.smoke(tuple(args.override))
+    return sweep_bench(opts, command)

@@ -1,0 +1,111 @@
+"""The reference: a plain diffusers + peft LoRA loop, as diffusers' LoRA example writes one.
+
+Written here for the comparison (not copied): what matters is that it does what that example
+does per step, so that "ours vs reference" measures our loop against the common way:
+
+* frozen UNet and text encoder stored in the mixed-precision dtype (bf16 on CUDA), the LoRA
+  (``unet.add_adapter(LoraConfig(r, alpha=r, init_lora_weights="gaussian",
+  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))``) in fp32 master weights, the UNet
+  forward under bf16 autocast (what ``accelerator.prepare`` adds), ``torch.optim.AdamW`` with
+  the example's arguments (torch's default implementation: foreach on CUDA), constant LR;
+* per step: the batch copied to the device (accelerate's default, a blocking copy), the text
+  encoder run on the batch's token ids, noise and timesteps drawn on the device, MSE to the
+  noise, backward, gradient clipping at 1.0, optimizer and scheduler step, and the loss read
+  back to the host (``.item()``, as the example logs ``train_loss`` every step).
+
+One difference, stated in every result: latents are precomputed once (the example encodes
+every batch with the VAE), as ours are, so the comparison is of the training loops alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+
+EXAMPLE_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    batch_size: int
+    steps: int
+    rank: int
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    targets: tuple[str, ...] = EXAMPLE_TARGETS
+
+
+def prepare_reference(components, device: torch.device, settings: ReferenceSettings):
+    """Move, cast and adapt the modules as the example does; returns (unet, text_encoder,
+    trainable parameters, weight dtype)."""
+    weight_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    unet, text_encoder = components.unet, components.text_encoder
+    for module in (unet, text_encoder, components.vae):
+        module.requires_grad_(False)
+    unet.to(device, dtype=weight_dtype)
+    text_encoder.to(device, dtype=weight_dtype)
+    torch.manual_seed(settings.seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(settings.targets),
+        )
+    )
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    for param in trainable:  # fp32 master weights for the adapters
+        param.data = param.data.float()
+    return unet, text_encoder, trainable, weight_dtype
+
+
+def reference_training(
+    components,
+    latents: torch.Tensor,
+    input_ids: torch.Tensor,
+    device: torch.device,
+    settings: ReferenceSettings,
+    on_step: Callable[[int], None] = lambda step: None,
+) -> float:
+    """Train for ``settings.steps`` steps; ``latents`` [N, 4, h, w] (scaled, CPU) and
+    ``input_ids`` [N, 77] (CPU) are sampled in shuffled batches. Returns the last loss."""
+    unet, text_encoder, trainable, weight_dtype = prepare_reference(components, device, settings)
+    scheduler = components.noise_scheduler
+    optimizer = torch.optim.AdamW(
+        trainable, lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+    )
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    generator = torch.Generator().manual_seed(settings.seed)
+    unet.train()
+    train_loss = 0.0
+    order: list[int] = []
+    for step in range(1, settings.steps + 1):
+        while len(order) < settings.batch_size:  # shuffled epochs, as a DataLoader would
+            order += torch.randperm(latents.shape[0], generator=generator).tolist()
+        picked, order = order[: settings.batch_size], order[settings.batch_size :]
+        batch_latents = latents[picked].to(device).to(weight_dtype)
+        batch_ids = input_ids[picked].to(device)
+        noise = torch.randn_like(batch_latents)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (len(picked),), device=device
+        ).long()
+        noisy = scheduler.add_noise(batch_latents, noise, timesteps)
+        encoder_hidden_states = text_encoder(batch_ids, return_dict=False)[0]
+        with autocast:
+            prediction = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+        loss = F.mse_loss(prediction.float(), noise.float(), reduction="mean")
+        train_loss = loss.detach().item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        on_step(step)
+    return train_loss

@@ -1,0 +1,335 @@
+"""``python -m bench train``: our training loop against the reference loop, side by side.
+
+Both train the same base model (fresh random weights each) on the same synthetic images at the
+same batch size, resolution and LoRA rank, with cached latents, in one process, one after the
+other. "ours" is the project's real path (``trainer.run.train_from_config`` on the composed
+config: kohya LierLa LoRA on the UNet, text encoder frozen so its outputs are cached, the speed
+keys of ``conf/train/lora.yaml``); "reference" is :mod:`bench.reference`.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench import measure
+from bench.data import captions, write_dataset
+from bench.reference import EXAMPLE_TARGETS, ReferenceSettings, reference_training
+from bench.report import Block, device_description
+from bench.runs import build_components, compose_run, meta_components, release
+from trainer.data.images import load_rgb, to_tensor
+from trainer.device import resolve_device
+from trainer.loop.callbacks import TrainingCallback
+from trainer.models.text_encoding import tokenize_prompts
+
+log = logging.getLogger(__name__)
+
+NATIVE = {"tiny": 64, "sd15_shape": 512}
+COLUMNS = [
+    "variant",
+    "images/s",
+    "step ms",
+    "peak memory",
+    "TFLOP/image",
+    "MFU",
+    "MFU (1.75 TFLOP/img)",
+    "vs reference",
+]
+
+
+@dataclass(frozen=True)
+class TrainBenchOptions:
+    model: str = "tiny"
+    resolution: int | None = None  # None: the model's native resolution
+    batch: int = 8
+    rank: int = 32
+    window: int = 10  # steps between two timing marks (ours: train.log_every_n_steps)
+    windows: int = 3  # measured windows, after one warm-up window
+    images: int = 8  # distinct images (latents are cached: their number barely matters)
+    device: str = "auto"
+    variants: tuple[str, ...] = ("ours", "reference")
+    overrides: tuple[str, ...] = ()  # extra config overrides for ours (train.compile=true ...)
+    peak_tflops: float | None = None
+    repeats: int = 1  # variants alternate; the median step time counts (noisy, shared CPUs)
+    ref_targets: str = "example"  # example: to_q/k/v/out.0 | ours: our network's UNet modules
+    profile_dir: Path | None = None  # torch.profiler tables of one window per variant
+
+    @property
+    def size(self) -> int:
+        return self.resolution or NATIVE[self.model]
+
+    @property
+    def total_steps(self) -> int:
+        return self.window * (1 + self.windows)
+
+
+@dataclass
+class Timing:
+    step_seconds: float
+    peak_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Measurement:
+    variant: str
+    batch: int
+    step_seconds: float  # median over repeats
+    peak_bytes: int  # largest over repeats
+    flops_per_image: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch / self.step_seconds
+
+
+class _Marks(TrainingCallback):
+    """Timing marks at the loop's log steps; the peak-memory count restarts after warm-up."""
+
+    def __init__(self, timer: measure.StepTimer, profiler: measure.WindowProfiler):
+        self.timer, self.profiler = timer, profiler
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        _mark(self.timer, self.profiler, step)
+
+
+def _mark(timer: measure.StepTimer, profiler: measure.WindowProfiler, step: int) -> None:
+    timer.mark(step)
+    if len(timer.marks) == 1:
+        measure.reset_peak_memory(timer.device)
+    profiler.at_mark(len(timer.marks))
+
+
+def _profiler(opts: TrainBenchOptions, variant: str, device: torch.device):
+    path = opts.profile_dir / f"profile_{variant}.txt" if opts.profile_dir else None
+    return measure.WindowProfiler(path, device)
+
+
+def ours_overrides(opts: TrainBenchOptions, data_dir: Path, device: torch.device) -> list[str]:
+    size = opts.size
+    return [
+        f"model={opts.model}",
+        f"model.resolution={size}",
+        f"model.min_bucket_reso={min(size, 64)}",
+        f"model.max_bucket_reso={max(size, 1024)}",
+        "model.bucket_reso_steps=8",
+        f"data.dir={data_dir}",
+        "data.enable_bucket=false",
+        f"network.dim={opts.rank}",
+        f"network.alpha={opts.rank}",
+        "network.train_text_encoder=false",
+        "optimizer=adamw",
+        "optimizer.lr=1e-4",
+        "scheduler=constant",
+        f"train.batch_size={opts.batch}",
+        f"train.max_train_steps={opts.total_steps}",
+        f"train.log_every_n_steps={opts.window}",
+        "train.save_every_n_epochs=1000000",
+        f"train.device={device}",
+        "run_name=bench",
+        *opts.overrides,
+    ]
+
+
+def _ours_cfg(opts: TrainBenchOptions, device: torch.device, work: Path):
+    return compose_run(ours_overrides(opts, work / "data", device), work / "out", work / "cache")
+
+
+def time_ours(opts: TrainBenchOptions, device: torch.device, work: Path) -> Timing:
+    from trainer.run import train_from_config
+
+    cfg = _ours_cfg(opts, device, work)
+    components = build_components(opts.model, device)
+    timer = measure.StepTimer(device)
+    marks = _Marks(timer, _profiler(opts, "ours", device))
+    result = train_from_config(cfg, callbacks=[marks], components=components)
+    peak = measure.peak_memory_bytes(device)
+    notes = [f"ours: latent cache {result.cache_stats}, {result.global_step} steps"]
+    return Timing(timer.step_seconds(), peak, notes)
+
+
+def flops_ours(opts: TrainBenchOptions, device: torch.device, work: Path) -> float:
+    """Per image: UNet forward + backward with our network (the text encoder's outputs are
+    cached when it is frozen; when trained, its forward + backward count too)."""
+    from trainer.networks.factory import build_network
+
+    cfg = _ours_cfg(opts, device, work)
+    meta = meta_components(opts.model)
+    for module in (meta.unet, meta.text_encoder):
+        module.requires_grad_(False)
+    build_network(meta.unet, meta.text_encoder, cfg.network)
+    te = meta.text_encoder if cfg.network.train_text_encoder else None
+    latent = opts.size // 8
+    return measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77, te) / opts.batch
+
+
+def encoded_latents(components, data_dir: Path, device: torch.device) -> torch.Tensor:
+    """The synthetic images' latents (posterior mean, scaled), on the CPU: precomputed once."""
+    vae = components.vae.to(device)
+    paths = sorted(Path(data_dir).rglob("*.png"))
+    latents = []
+    with torch.no_grad():
+        for path in paths:
+            pixels = to_tensor(load_rgb(path))[None].to(device)
+            latents.append(vae.encode(pixels).latent_dist.mode().float().cpu())
+    return torch.cat(latents) * float(vae.config.scaling_factor)
+
+
+def time_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -> Timing:
+    components = build_components(opts.model, device)
+    latents = encoded_latents(components, work / "data", device)
+    ids = tokenize_prompts(components.tokenizer, captions(opts.images))[:, 0]
+    components.vae.to("cpu")
+    release(device)
+    timer = measure.StepTimer(device)
+    settings = ReferenceSettings(
+        batch_size=opts.batch,
+        steps=opts.total_steps,
+        rank=opts.rank,
+        targets=reference_targets(opts, device, work),
+    )
+
+    profiler = _profiler(opts, "reference", device)
+
+    def on_step(step: int) -> None:
+        if step % opts.window == 0:
+            _mark(timer, profiler, step)
+
+    reference_training(components, latents, ids, device, settings, on_step)
+    return Timing(timer.step_seconds(), measure.peak_memory_bytes(device))
+
+
+def reference_targets(opts: TrainBenchOptions, device: torch.device, work: Path) -> tuple:
+    """The reference's target modules: the example's, or (``ours``) the very UNet modules our
+    network adapts, so that both do the same work per step."""
+    if opts.ref_targets == "example":
+        return EXAMPLE_TARGETS
+    from trainer.networks.factory import build_network
+
+    meta = meta_components(opts.model)
+    for module in (meta.unet, meta.text_encoder):
+        module.requires_grad_(False)
+    network = build_network(meta.unet, meta.text_encoder, _ours_cfg(opts, device, work).network)
+    paths = tuple(m.path for m in getattr(network, "modules", []) if m.component == "unet")
+    if not paths:
+        raise ValueError("--ref-targets ours needs network.type lora or locon")
+    return paths
+
+
+def flops_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -> float:
+    """Per image: UNet forward + backward with the reference's adapters + a text-encoder
+    forward."""
+    from peft import LoraConfig
+
+    targets = list(reference_targets(opts, device, work))
+    meta = meta_components(opts.model)
+    meta.unet.requires_grad_(False)
+    meta.unet.add_adapter(LoraConfig(r=opts.rank, lora_alpha=opts.rank, target_modules=targets))
+    latent = opts.size // 8
+    flops = measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77)
+    flops += measure.text_encoder_flops(meta.text_encoder, opts.batch)
+    return flops / opts.batch
+
+
+RUNNERS = {"ours": (time_ours, flops_ours), "reference": (time_reference, flops_reference)}
+
+
+def measure_variants(opts: TrainBenchOptions, device: torch.device, work: Path):
+    """Time every variant ``opts.repeats`` times, alternating; then count their FLOPs."""
+    timings: dict[str, list[Timing]] = {v: [] for v in opts.variants}
+    for repeat in range(opts.repeats):
+        for variant in opts.variants:
+            log.info("bench train: %s (%d/%d)", variant, repeat + 1, opts.repeats)
+            timings[variant].append(RUNNERS[variant][0](opts, device, work))
+            release(device)
+    measured = []
+    for variant, runs in timings.items():
+        steps = sorted(t.step_seconds for t in runs)
+        m = Measurement(
+            variant,
+            opts.batch,
+            statistics.median(steps),
+            max(t.peak_bytes for t in runs),
+            RUNNERS[variant][1](opts, device, work),
+            runs[0].notes,
+        )
+        if len(runs) > 1:
+            spread = ", ".join(f"{1e3 * s:.1f}" for s in steps)
+            m.notes.append(f"{variant}: step ms over {len(runs)} repeats: {spread}")
+        measured.append(m)
+    return measured
+
+
+def train_bench(opts: TrainBenchOptions, command: str) -> Block:
+    """Run every variant of ``opts`` and return the results block."""
+    device = resolve_device(opts.device)
+    peak = measure.peak_tflops(device, opts.peak_tflops)
+    block = Block("train", device_description(device), command, COLUMNS)
+    memory_how = "peak memory: " + measure.reset_peak_memory(device)
+    with tempfile.TemporaryDirectory(prefix="lorasweep-bench-") as tmp:
+        work = Path(tmp)
+        write_dataset(work / "data", opts.size, opts.images, opts.batch * opts.total_steps)
+        measured = measure_variants(opts, device, work)
+    reference = next((m for m in measured if m.variant == "reference"), None)
+    for m in measured:
+        fps = m.flops_per_image * m.images_per_second
+        issue_mfu = (
+            measure.mfu(measure.ISSUE_TFLOP_PER_IMAGE_512 * 1e12 * m.images_per_second, peak)
+            if opts.size == 512
+            else None
+        )
+        block.add_row(
+            variant=m.variant,
+            **{
+                "images/s": m.images_per_second,
+                "step ms": m.step_seconds * 1e3,
+                "peak memory": measure.gib(m.peak_bytes),
+                "TFLOP/image": m.flops_per_image / 1e12,
+                "MFU": _percent(measure.mfu(fps, peak)),
+                "MFU (1.75 TFLOP/img)": _percent(issue_mfu),
+                "vs reference": (
+                    f"{m.images_per_second / reference.images_per_second:.2f}x"
+                    if reference
+                    else None
+                ),
+            },
+        )
+        block.notes += m.notes
+    block.settings = [
+        f"model {opts.model}",
+        f"{opts.size} px",
+        f"batch {opts.batch}",
+        f"LoRA rank {opts.rank} (alpha = rank)",
+        f"{opts.windows} windows of {opts.window} steps after a {opts.window}-step warm-up",
+        "cached latents (both)",
+        f"ours overrides: {' '.join(opts.overrides) or 'none'}",
+        f"reference targets: {opts.ref_targets}",
+    ]
+    if opts.profile_dir:
+        block.notes.append(
+            f"torch.profiler tables: {opts.profile_dir}/profile_<variant>.txt (the first "
+            "measured window of each variant's first repeat, slowed by profiling)"
+        )
+    block.notes += [
+        memory_how + ", over the measured windows",
+        "FLOPs: FlopCounterMode over one UNet forward + backward with the variant's adapters "
+        "on the meta device (+ the reference's per-step text-encoder forward); MFU = counted "
+        f"FLOP/s / peak ({peak or 'unknown'} TFLOP/s dense bf16)",
+        (
+            "ours trains kohya's LierLa targets (attention, feed-forward, proj_in/out); the "
+            "reference the example's to_q/to_k/to_v/to_out.0: ours does more work per image"
+            if opts.ref_targets == "example"
+            else "both train the same UNet modules (our network's)"
+        ),
+    ]
+    return block
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,149 @@
+"""The sweeper process's side of tracking: the parent run of a study.
+
+    tracker = start_sweep_run(config, study, fixed)      # after the study is opened
+    overrides += job_overrides(tracker)                  # with the trial's identity
+    record_trial(tracker, study, trial.number)           # after each tell
+    finish_sweep_run(tracker, summary, results_path)     # when the sweep ends
+
+The parent's id and the tracking URI are stored on the Optuna study (user attributes), so a
+rerun of the same study reopens the same parent run, and the report finds the MLflow side of a
+study from its storage alone. Two workers starting a new study at the same instant may each
+create a parent; their trials then nest under the one each started.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from sweeper.tracking.runs import (
+    STUDY_ATTR_PARENT,
+    STUDY_ATTR_URI,
+    TRIAL_ATTR_RUN,
+    Tracker,
+    TrackingSettings,
+    flatten,
+    hide_password,
+    open_run,
+    provenance_tags,
+    read_tracking,
+    resolved_container,
+)
+
+
+def _reopen(settings: TrackingSettings, study: optuna.Study) -> Tracker | None:
+    """The study's parent run from an earlier sweep, set RUNNING again; None if there is none
+    in this store (first sweep, or another tracking URI since)."""
+    from mlflow import MlflowClient
+
+    run_id = study.user_attrs.get(STUDY_ATTR_PARENT)
+    if not run_id or study.user_attrs.get(STUDY_ATTR_URI) != settings.uri:
+        return None
+    client = MlflowClient(tracking_uri=settings.uri)
+    try:
+        client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+    except Exception:  # noqa: BLE001 - deleted or unreachable: start a new parent
+        return None
+    return Tracker(client, run_id, settings)
+
+
+def start_sweep_run(config: DictConfig, study: optuna.Study, fixed: Sequence[str]) -> Tracker:
+    """Open (or reopen) the study's parent run; a disabled tracker when tracking is off."""
+    settings = read_tracking(config.get("tracking"))
+    if not settings.enabled:
+        return Tracker()
+    tracker = _reopen(settings, study)
+    if tracker is None:
+        tags = {
+            "lorasweep.role": "sweep",
+            "optuna.study": study.study_name,
+            "optuna.directions": ",".join(d.name.lower() for d in study.directions),
+            **provenance_tags(config),
+        }
+        experiment = settings.experiment or study.study_name
+        tracker = open_run(settings, experiment, study.study_name, tags)
+        if not tracker.active:
+            return tracker
+        # Params are immutable in MLflow: only a new parent gets them.
+        search = resolved_container(config.search) if "search" in config else {}
+        tracker.log_params({"sweep.overrides": " ".join(fixed), **flatten(search, "search.")})
+    study.set_user_attr(STUDY_ATTR_URI, settings.uri)
+    study.set_user_attr(STUDY_ATTR_PARENT, tracker.run_id)
+    tracker.set_tags({"optuna.metrics": ",".join(study.metric_names or [])})
+    container = resolved_container(config)
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(container)), "config/sweep_config.yaml")
+    return tracker
+
+
+def job_overrides(tracker: Tracker) -> list[str]:
+    """The override that nests a job's run under the parent (nothing when tracking is off)."""
+    return [f"+tracking.parent_run_id='{tracker.run_id}'"] if tracker.active else []
+
+
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+
+
+def record_trial(tracker: Tracker, study: optuna.Study, number: int) -> None:
+    """After a tell: the trial's values on the parent (``trials/<metric>`` at step = trial
+    number, ``trials/best_value``), and its final Optuna state on its child run, which is
+    ended here if its process died before it could end it."""
+    if not tracker.active:
+        return
+    trial = _frozen(study, number)
+    if trial is None:
+        return
+    names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
+    if trial.values:
+        values = dict(zip((f"trials/{n}" for n in names), trial.values, strict=False))
+        tracker.log_metrics(values, step=number)
+    single = len(study.directions) == 1
+    if single and any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        best = study.best_trial
+        if best.value is not None and math.isfinite(best.value):
+            tracker.log_metrics({"trials/best_value": best.value}, step=number)
+        tracker.set_tags({"best.trial": best.number, "best.value": repr(best.value)})
+    tracker.flush()
+    child = trial.user_attrs.get(TRIAL_ATTR_RUN)
+    if child:
+        _close_child(tracker, child, trial)
+
+
+def _close_child(tracker: Tracker, run_id: str, trial: optuna.trial.FrozenTrial) -> None:
+    from mlflow.entities import RunTag
+
+    tags = [RunTag("optuna.trial_state", trial.state.name)]
+    if trial.user_attrs.get("fail_reason"):
+        tags.append(RunTag("fail_reason", str(trial.user_attrs["fail_reason"])[:8000]))
+    tracker._call("tag trial run", "log_batch", run_id, tags=tags)
+    run = tracker._call("read trial run", "get_run", run_id)
+    if run is not None and run.info.status == "RUNNING":
+        status = "FAILED" if trial.state == TrialState.FAIL else "FINISHED"
+        tracker._call("end trial run", "set_terminated", run_id, status)
+
+
+def finish_sweep_run(
+    tracker: Tracker, summary: dict, results_path: Path | None, failed: bool = False
+) -> None:
+    """The sweep's outcome on the parent: state counts, best trial(s), the results file."""
+    if not tracker.active:
+        return
+    tags = {f"trials.{state}": n for state, n in summary.get("states", {}).items()}
+    best = [summary["best"]] if "best" in summary else summary.get("pareto_front", [])
+    tags["best.trials"] = ",".join(str(t["number"]) for t in best)
+    tags["optuna.storage"] = hide_password(str(summary.get("storage", "")))
+    tracker.set_tags(tags)
+    if results_path is not None and Path(results_path).is_file():
+        tracker.log_artifact(results_path)
+    tracker.end("FAILED" if failed else "FINISHED")
+
+
+def log_report(tracker: Tracker, report: Path) -> None:
+    """The research report on the parent run (``report/<file>``)."""
+    tracker.log_artifact(report, "report")

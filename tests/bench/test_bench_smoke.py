@@ -1,0 +1,113 @@
+"""The benchmarks' smoke mode (CI): they run end to end and append a well-formed block.
+
+No assertion on time: only that the commands exit 0 and that the RESULTS block (header, command,
+table, rows) has the documented shape, with numbers where numbers belong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.eval_bench import COLUMNS as EVAL_COLUMNS
+from bench.report import HEADER_PATTERN
+from bench.train_bench import COLUMNS as TRAIN_COLUMNS
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+NUMBER = re.compile(r"^\d+(\.\d+)?(e[+-]\d+)?$")
+
+
+def _block(text: str, bench: str, columns: list[str]) -> list[dict[str, str]]:
+    """The rows of the last block of ``bench`` in ``text``, after checking its shape."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"### {bench} · ")]
+    assert starts, f"no {bench} block in:\n{text}"
+    i = starts[-1]
+    assert re.match(HEADER_PATTERN, lines[i])
+    assert re.match(rf"^`python -m bench {bench} --smoke .*`$", lines[i + 1])
+    table = next(j for j in range(i, len(lines)) if lines[j].startswith("| "))
+    assert lines[table] == "| " + " | ".join(columns) + " |"
+    assert lines[table + 1] == "|" + "---|" * len(columns)
+    rows = []
+    for line in lines[table + 2 :]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert len(cells) == len(columns), line
+        rows.append(dict(zip(columns, cells, strict=True)))
+    assert any("SMOKE run" in line for line in lines[table:])
+    return rows
+
+
+def test_train_smoke_command_appends_ours_and_reference(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    # One thread: on a busy CI machine, OpenMP threads that wait for each other spin.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "train", "--smoke", "--device", "cpu",
+         "--results", str(results)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _block(results.read_text(), "train", TRAIN_COLUMNS)
+    assert [r["variant"] for r in rows] == ["ours", "reference"]
+    for row in rows:
+        assert NUMBER.match(row["images/s"]) and float(row["images/s"]) > 0
+        assert NUMBER.match(row["step ms"]) and float(row["step ms"]) > 0
+        assert re.match(r"^\d+\.\d\d GiB$", row["peak memory"])
+        assert float(row["TFLOP/image"]) > 0
+        assert row["MFU"] == "n/a"  # no known peak on a CPU
+    assert rows[1]["vs reference"] == "1.00x"
+    assert re.match(r"^\d+\.\d\dx$", rows[0]["vs reference"])
+    assert "### train · " in proc.stdout  # printed as well as appended
+
+
+@pytest.fixture
+def fresh_model_cache():
+    """The evaluation's process-wide base-model cache, empty before and after the test."""
+    from evaluators import model_cache
+
+    model_cache.clear_cache()
+    yield
+    model_cache.clear_cache()
+
+
+def test_eval_smoke_counts_no_encodes_or_loads_after_the_first_epoch(
+    tmp_path, capsys, fresh_model_cache
+):
+    results = tmp_path / "RESULTS.md"
+    argv = ["eval", "--smoke", "--device", "cpu", "--torch-threads", "1"]
+    assert main([*argv, "--results", str(results)]) == 0
+    rows = _block(results.read_text(), "eval", EVAL_COLUMNS)
+    assert [r["epoch"] for r in rows] == ["1 (warm-up)", "2"]
+    for row in rows:
+        assert float(row["train s"]) > 0 and float(row["eval s"]) > 0
+        assert re.match(r"^\d+%$", row["eval/train (time)"])
+        assert float(row["train TFLOP"]) > 0 and float(row["eval TFLOP"]) > 0
+    # P4 inside a run: the first epoch encodes the latents and loads the evaluation's base
+    # model; the second encodes nothing and loads nothing.
+    first_train, first_eval = rows[0]["VAE encodes train/eval"].split("/")
+    assert int(first_train) > 0
+    assert rows[0]["base loads train/eval"] == "0/1"
+    assert rows[1]["VAE encodes train/eval"] == "0/0"
+    assert rows[1]["base loads train/eval"] == "0/0"
+    assert "### eval · " in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_train_smoke_on_cuda_runs_the_gpu_paths(tmp_path):
+    """bf16 autocast, bf16 frozen weights, channels-last, fused AdamW, pinned copies."""
+    results = tmp_path / "RESULTS.md"
+    argv = ["train", "--smoke", "--device", "cuda", "--results", str(results)]
+    assert main([*argv, "--profile", str(tmp_path / "prof")]) == 0
+    rows = _block(results.read_text(), "train", TRAIN_COLUMNS)
+    assert [r["variant"] for r in rows] == ["ours", "reference"]
+    assert all(float(r["images/s"]) > 0 for r in rows)
+    assert (tmp_path / "prof" / "profile_ours.txt").read_text().strip()

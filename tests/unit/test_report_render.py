@@ -1,0 +1,141 @@
+"""The report's HTML and diagnoses from hand-made data: escaping, sections, advice wording."""
+
+from __future__ import annotations
+
+import re
+
+from sweeper.report.diagnose import diagnoses
+from sweeper.report.evaluation import EpochEval
+from sweeper.report.gather import ReportData, TrialInfo
+from sweeper.report.markup import esc, table
+from sweeper.report.render import SECTION_IDS, render
+
+SCRIPT = "<script>alert('x')</script>"
+
+
+def _trial(number: int, value: float, epochs: dict[int, float], state="COMPLETE") -> TrialInfo:
+    return TrialInfo(
+        number=number,
+        state=state,
+        values=[value] if state == "COMPLETE" else None,
+        params={"network.dim": 8 + number, "note": SCRIPT},
+        best_epoch=max(epochs, key=epochs.get) if epochs else None,
+        epoch_metrics={e: {"eval/objective": v} for e, v in epochs.items()},
+        fail_reason=None if state != "FAIL" else f"RuntimeError: {SCRIPT}",
+        pruned_at=None,
+        output_dir=None,
+        run_id=None,
+        command=f"python -m sweeper 'eval.prompts=[{SCRIPT}]'",
+    )
+
+
+def _eval(epoch: int, best_strength: float, unet: float, te: float) -> EpochEval:
+    state = {0.5: "over-trained", 1.0: "well-trained", 1.5: "under-trained"}[best_strength]
+    metrics = {f"eval/objective@unet{s}_te{s}": -abs(s - best_strength) for s in (0.5, 1.0, 1.5)}
+    metrics |= {"eval/objective": metrics["eval/objective@unet1.0_te1.0"], "eval/clip_i": 0.5}
+    return EpochEval(
+        epoch=epoch,
+        metrics=metrics,
+        cells=[{"checkpoint": "tiny", "unet": 1.0, "te": 1.0, "scores": {"objective": 0.1}}],
+        diagnosis={
+            "state": state,
+            "best_strength": best_strength,
+            "best_unet_strength": unet,
+            "best_te_strength": te,
+        },
+        checkpoints=["tiny"],
+        random_weights=True,
+    )
+
+
+def _data(best_strength=0.5, unet=0.5, te=2.0) -> ReportData:
+    best = _trial(0, 0.9, {1: 0.9, 2: 0.7})
+    data = ReportData(
+        study_name=f"study {SCRIPT}",
+        storage="sqlite:///x.db",
+        directions=["maximize"],
+        metrics=["eval/objective"],
+        states={"COMPLETE": 2, "FAIL": 1},
+        trials=[best, _trial(1, 0.5, {1: 0.4, 2: 0.5}), _trial(2, 0.0, {}, state="FAIL")],
+        best=[best],
+        ranked=[best],
+        config={
+            "optimizer": {"name": "AdamW", "lr": 1e-4, "unet_lr": 1e-4, "text_encoder_lr": 5e-5},
+            "eval": {"prompts": [f"a photo of {SCRIPT}"]},
+        },
+    )
+    data.outputs.evals = {1: _eval(1, best_strength, unet, te), 2: _eval(2, 1.0, 1.0, 1.0)}
+    return data
+
+
+def test_every_user_text_is_escaped_and_there_is_no_script():
+    page = render(_data())
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    # the prompt, the study name, a parameter, the command and a failure reason all escaped
+    assert page.count("&lt;script&gt;") >= 5
+
+
+def test_page_has_every_section_and_forbids_network_fetches():
+    page = render(_data())
+    for section in SECTION_IDS:
+        assert f'<section id="{section}">' in page
+    assert "default-src 'none'; img-src data:" in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+
+
+def test_table_cells_and_attributes_are_escaped():
+    html = table(['a"b'], [["<b>x</b>"]])
+    assert "<th>a&quot;b</th>" in html and "<td>&lt;b&gt;x&lt;/b&gt;</td>" in html
+    assert esc(None) == ""
+
+
+def test_diagnoses_speak_in_the_guides_terms():
+    findings = {f.title: f for f in diagnoses(_data(best_strength=0.5, unet=0.5, te=2.0))}
+    assert findings["Scores are not real"].warning
+    assert "over-trained" in findings["Training state (strength)"].text
+    balance = findings["UNet / TE balance"].text
+    assert "halve the UNet learning rate: 0.0001 -> 5e-05" in balance
+    assert "double the TE learning rate: 5e-05 -> 0.0001" in balance
+    trend = findings["Training length (epochs)"].text
+    assert "peaks at epoch 1" in trend and "last epoch 2" in trend
+
+
+def test_under_trained_and_balanced_runs_say_so():
+    data = _data(best_strength=1.5, unet=1.0, te=1.0)
+    data.best[0].epoch_metrics = {1: {"eval/objective": 0.2}, 2: {"eval/objective": 0.9}}
+    data.best[0].best_epoch = 1  # the evaluation of epoch 1 is the one read
+    findings = {f.title: f.text for f in diagnoses(data)}
+    assert "under-trained" in findings["Training state (strength)"]
+    assert "balanced" in findings["UNet / TE balance"]
+    data.best[0].best_epoch = 2
+    findings = {f.title: f.text for f in diagnoses(data)}
+    assert "still improving at the last epoch 2" in findings["Training length (epochs)"]
+
+
+def test_a_multi_objective_study_gets_a_pareto_plot_and_table():
+    data = _data()
+    data.directions, data.metrics = ["maximize", "maximize"], ["eval/fidelity", "eval/adherence"]
+    for trial, values in zip(data.trials, ([0.9, 0.1], [0.2, 0.8], None), strict=True):
+        trial.values = values
+    data.best = data.trials[:2]
+    page = render(data)
+    pareto = page.split('<section id="pareto">')[1].split("</section>")[0]
+    assert pareto.count('src="data:image/png;base64,') == 1
+    assert pareto.count("<tr>") == 3  # header + the two trials of the front
+
+
+def test_report_cli_names_a_missing_storage_or_study(tmp_path, capsys):
+    import optuna
+
+    from sweeper.report.__main__ import main
+
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["--storage", missing]) == 2
+    assert f"--storage {missing}: no such file" in capsys.readouterr().err
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="present", storage=url)
+    assert main(["--storage", url, "--study", "absent"]) == 2
+    assert "--study 'absent': not in the storage; it has ['present']" in capsys.readouterr().err
+    assert main(["--storage", url]) == 2  # no study with a trial: nothing to report
+    assert "no study with a trial" in capsys.readouterr().err
