@@ -25,6 +25,7 @@ from sweeper.callbacks import (
 )
 from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
+from trainer.validate import validate_run
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def run_single(cfg: DictConfig) -> float:
 
     metrics = list(OmegaConf.select(cfg, "search.metrics", default=None) or ["eval/objective"])
     directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
+    # Bad input stops here, before a tracked run exists: a typo is not an experiment.
+    validate_run(cfg)
     with single_run(cfg) as run:
         losses = EpochLoss()
         sources: list = [losses]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import re
@@ -250,12 +251,19 @@ def kept_files(saved: Sequence, best_epoch: int | None, which: str) -> list:
 
 
 def _client(settings: TrackingSettings):
+    """A client; an embedded SQLite store is created (schema migrations) under a file lock, so
+    workers starting together on a new store do not run the migrations twice at once."""
     from mlflow import MlflowClient
 
-    if settings.uri.startswith("sqlite:///"):
-        db = Path(settings.uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.uri)
+    if not settings.uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=settings.uri)
+    db = Path(settings.uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=settings.uri)
+        client.search_experiments(max_results=1)  # creates or migrates the store
+    return client
 
 
 def artifact_location(settings: TrackingSettings, experiment: str) -> str | None:

@@ -27,6 +27,7 @@ from sweeper.tracking.runs import (
     TRIAL_ATTR_RUN,
     Tracker,
     TrackingSettings,
+    _client,
     flatten,
     hide_password,
     open_run,
@@ -39,13 +40,11 @@ from sweeper.tracking.runs import (
 def _reopen(settings: TrackingSettings, study: optuna.Study) -> Tracker | None:
     """The study's parent run from an earlier sweep, set RUNNING again; None if there is none
     in this store (first sweep, or another tracking URI since)."""
-    from mlflow import MlflowClient
-
     run_id = study.user_attrs.get(STUDY_ATTR_PARENT)
     if not run_id or study.user_attrs.get(STUDY_ATTR_URI) != settings.uri:
         return None
-    client = MlflowClient(tracking_uri=settings.uri)
     try:
+        client = _client(settings)
         client.get_run(run_id)
         client.update_run(run_id, status="RUNNING")
     except Exception:  # noqa: BLE001 - deleted or unreachable: start a new parent

@@ -5,6 +5,8 @@ parent run's reuse, single runs, and an unreachable server."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -211,3 +213,32 @@ def test_an_unreachable_tracking_server_never_fails_the_run(tmp_path, monkeypatc
         assert not run.active
         run.log_metrics({"train/loss": 0.5}, step=1, now=True)
         MlflowCallback(run).on_step(1, {"train/loss": 0.5})
+
+
+def test_workers_starting_together_on_a_new_store_all_get_their_runs(tmp_path):
+    """Joblib workers or sweepers started at once must not migrate a new SQLite store twice
+    (without the lock, every one of them failed to open its run)."""
+    script = (
+        "import sys\n"
+        "from sweeper.tracking.runs import TrackingSettings, open_run\n"
+        "settings = TrackingSettings(enabled=True, uri=sys.argv[1])\n"
+        "run = open_run(settings, 'together', sys.argv[2], {})\n"
+        "run.end()\n"
+        "print('active' if run.active else 'inactive')\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, f"run-{i}"],
+            cwd=PROJECT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [out.strip() for out, _ in outputs] == ["active", "active"], outputs
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1"]

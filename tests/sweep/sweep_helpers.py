@@ -12,6 +12,7 @@ import optuna
 from omegaconf import OmegaConf
 from PIL import Image
 from skimage import data
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -80,7 +81,11 @@ def default_storage(tmp: Path) -> str:
 
 
 def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.RDBStorage(url)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except (OperationalError, IntegrityError):
+        # Polled while the sweeper creates the schema ("table ... already exists"): not yet.
+        return []
     studies = storage.get_all_studies()
     return storage.get_all_trials(studies[0]._study_id) if studies else []
 
