@@ -115,6 +115,11 @@ def _run(args, argv: list[str] | None) -> int:
         torch.set_num_threads(threads)
     if args.smoke:
         block.notes.insert(0, "SMOKE run (CI): sizes shrunk to seconds; not a measurement")
+    if hasattr(os, "getloadavg"):  # other work on a shared machine skews CPU timings
+        block.notes.append(
+            f"host load average (1 min) at the end: {os.getloadavg()[0]:.2f} on "
+            f"{os.cpu_count()} CPUs; torch threads {args.torch_threads or 'default'}"
+        )
     text = block.markdown()
     print(text)
     append_block(block, args.results)
