@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="P2 and P4: sampler+pruner vs grid, cache counts")
     _common(sweep)
     sweep.add_argument("--trials", type=int, default=None, help="TPE trials (default: 1/4 grid)")
-    sweep.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    sweep.add_argument(
+        "--seeds", default="0", help="sampler seeds, one default sweep each (e.g. 0,1,2)"
+    )
     sweep.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trials")
     return parser
 
@@ -212,8 +214,9 @@ def _eval(args, command: str):
 def _sweep(args, command: str):
     from bench.sweep_bench import SweepBenchOptions, sweep_bench
 
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     opts = SweepBenchOptions(
-        trials=args.trials, seed=args.seed, overrides=tuple(args.override), threads=args.threads
+        trials=args.trials, seeds=seeds, overrides=tuple(args.override), threads=args.threads
     )
     if args.smoke:
         opts = SweepBenchOptions.smoke(tuple(args.override))

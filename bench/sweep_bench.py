@@ -56,7 +56,7 @@ COLUMNS = [
 @dataclass(frozen=True)
 class SweepBenchOptions:
     trials: int | None = None  # None: a quarter of the grid's points
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # one default sweep per sampler seed
     overrides: tuple[str, ...] = ()
     dims: tuple[int, ...] = DIMS
     alpha_ratios: tuple[float, ...] = ALPHA_RATIOS
@@ -74,7 +74,7 @@ class SweepBenchOptions:
 
     @classmethod
     def smoke(cls, overrides: tuple[str, ...] = ()) -> SweepBenchOptions:
-        return cls(1, 0, overrides, (4, 8), (1.0,), (1.0e-4,), 1)
+        return cls(1, (0,), overrides, (4, 8), (1.0,), (1.0e-4,), 1)
 
 
 @dataclass
@@ -110,14 +110,14 @@ def common_overrides(opts: SweepBenchOptions, counts_path: Path, sweep_dir: Path
     ]
 
 
-def default_search_overrides(opts: SweepBenchOptions) -> list[str]:
+def default_search_overrides(opts: SweepBenchOptions, seed: int) -> list[str]:
     """The default search group's sampler and pruner (and their arguments), as overrides."""
     default = yaml.safe_load((CONF_DIR / "search" / "default.yaml").read_text())
     sampler, pruner = default["sampler"]["name"], default["pruner"]["name"]
     s_args, p_args = default["sampler"].get(sampler) or {}, default["pruner"].get(pruner) or {}
     return [
         f"search.sampler.name={sampler}",
-        f"search.sampler.seed={opts.seed}",
+        f"search.sampler.seed={seed}",
         f"++search.sampler.{sampler}={_flow(s_args)}",
         f"search.pruner.name={pruner}",
         f"++search.pruner.{pruner}={_flow(p_args)}",
@@ -129,10 +129,14 @@ def _flow(mapping: dict) -> str:
     return "{" + ",".join(f"{k}:{json.dumps(v)}" for k, v in mapping.items()) + "}"
 
 
+def slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
 def run_sweep(name: str, overrides: list[str], work: Path, threads: int) -> SweepRun:
     env = {
         **os.environ,
-        "LORASWEEP_RUNS_DIR": str(work / f"runs_{name}"),
+        "LORASWEEP_RUNS_DIR": str(work / f"runs_{slug(name)}"),
         "LORASWEEP_CACHE_DIR": str(work / "cache"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -149,9 +153,9 @@ def run_sweep(name: str, overrides: list[str], work: Path, threads: int) -> Swee
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"sweep {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    sweep_dir = work / f"sweep_{name}"
+    sweep_dir = work / f"sweep_{slug(name)}"
     summary = yaml.safe_load((sweep_dir / "optuna_results.yaml").read_text())
-    counts_path = work / f"counts_{name}.jsonl"
+    counts_path = work / f"counts_{slug(name)}.jsonl"
     counts = [json.loads(line) for line in counts_path.read_text().splitlines() if line]
     return SweepRun(name, summary, seconds, counts)
 
@@ -212,7 +216,7 @@ def totals(run: SweepRun, images_per_eval: int) -> SweepTotals:
 
 
 def p4_notes(runs: list[SweepRun]) -> list[str]:
-    """What the trials after each sweep process's first re-did, per evaluated epoch."""
+    """What the trials after each sweep process's first re-did, per evaluated epoch (P4)."""
     notes = []
     for run in runs:
         trials: list[list[dict]] = []
@@ -221,21 +225,23 @@ def p4_notes(runs: list[SweepRun]) -> list[str]:
                 trials.append([])
             if trials:
                 trials[-1].append(line)
-        later = [line for trial in trials[1:] for line in trial]
-        evaluated = [line for line in later if line["phase"] not in ("setup", "epoch 1")]
-        vae = [line["vae_encoded_images"] for line in evaluated]
-        first = trials[0] if trials else []
+        first, later = trials[:1], trials[1:]
+        lines = [c for trial in later for c in trial]
+        evaluated = [c for c in lines if c["phase"] not in ("setup", "epoch 1")]
+
+        def total(rows, key):
+            return sum(c[key] for trial in rows for c in trial)
+
+        processes = len({c["pid"] for c in run.counts})
         notes.append(
-            f"P4 ({run.name} sweep, {len(trials)} trials in {len({c['pid'] for c in run.counts})}"
-            f" process): first trial: {sum(c['vae_encoded_images'] for c in first)} VAE-encoded "
-            f"images, {sum(c['eval_base_loads'] for c in first)} eval base loads, "
-            f"{sum(c['trainer_base_loads'] for c in first)} trainer base loads; later trials, "
-            f"per evaluated epoch: VAE-encoded images max {max(vae, default=0)} (total "
-            f"{sum(vae)}), eval base loads {sum(c['eval_base_loads'] for c in evaluated)}; "
-            f"per later trial: set-up VAE encodes "
-            f"{sum(c['vae_encoded_images'] for c in later if c['phase'] == 'setup')}, trainer "
-            f"base loads {sum(c['trainer_base_loads'] for c in later)} in {len(trials) - 1} "
-            "trials"
+            f"P4, {run.name} ({len(trials)} trials, {processes} process): the first trial "
+            f"encoded {total(first, 'vae_encoded_images')} images with the VAE and loaded the "
+            f"base model {total(first, 'eval_base_loads')}x for evaluation; the "
+            f"{len(later)} later trials, over {len(evaluated)} evaluated epochs: "
+            f"{sum(c['vae_encoded_images'] for c in lines)} VAE encodes, "
+            f"{sum(c['eval_base_loads'] for c in lines)} evaluation base loads; the trainer "
+            f"loaded its own base copy {total(later, 'trainer_base_loads')}x (once per trial, "
+            "not per epoch: training modifies it)"
         )
     return notes
 
@@ -248,22 +254,20 @@ def sweep_bench(opts: SweepBenchOptions, command: str) -> Block:
         work = Path(tmp)
         per_eval = images_per_evaluation(opts, work)
         runs = []
-        for name, extra in (
-            ("grid", [f"search.n_trials={opts.grid_size}"]),
-            ("default", default_search_overrides(opts)),
-        ):
-            overrides = [
-                *common_overrides(opts, work / f"counts_{name}.jsonl", work / f"sweep_{name}"),
-                *extra,
-            ]
+        plans = [("grid", [f"search.n_trials={opts.grid_size}"])]
+        plans += [(f"default seed {s}", default_search_overrides(opts, s)) for s in opts.seeds]
+        for name, extra in plans:
+            counts, folder = work / f"counts_{slug(name)}.jsonl", work / f"sweep_{slug(name)}"
+            overrides = [*common_overrides(opts, counts, folder), *extra]
             runs.append(run_sweep(name, overrides, work, opts.threads))
-        grid, found = (totals(r, per_eval) for r in runs)
+        all_totals = [totals(r, per_eval) for r in runs]
+        grid = all_totals[0]
         grid_values = {
             _key(t): t["values"][0] for t in runs[0].summary["trials"] if t.get("values")
         }
     ranked = sorted(grid_values.values(), reverse=True)
     best, worst = ranked[0], ranked[-1]
-    for run, tot in zip(runs, (grid, found), strict=True):
+    for run, tot in zip(runs, all_totals, strict=True):
         value = grid_values.get(tot.best_key) if tot.best_key else None
         gap = None if tot.best is None else (best - tot.best) / abs(best)
         block.add_row(
@@ -288,21 +292,25 @@ def sweep_bench(opts: SweepBenchOptions, command: str) -> Block:
                 ),
             },
         )
+    near = sum(v >= best - 0.02 * abs(best) for v in ranked)
     block.settings = [
         "model tiny, bundled sample data, CPU",
         f"space: network.dim {list(opts.dims)} x alpha/dim {list(opts.alpha_ratios)} x "
         f"optimizer.unet_lr {list(opts.unet_lrs)} = {opts.grid_size} points",
         f"{opts.epochs} epochs per trial, evaluation at strength 1.0 ({per_eval} images per "
         "evaluated epoch), objective eval/objective (maximize)",
-        f"default sweep: {' '.join(default_search_overrides(opts))}",
+        "default sweeps: "
+        + " ".join(o for o in default_search_overrides(opts, 0) if "seed" not in o)
+        + f", sampler seeds {list(opts.seeds)}",
         f"OMP_NUM_THREADS={opts.threads}, MLflow tracking off",
     ]
     block.notes += [
         "compute = training steps (from each trial's saved files) + generated evaluation "
         "images; grid = every point trained and evaluated in full (grid sampler, no pruner)",
         f"grid objective range: best {best:.6g}, median {ranked[len(ranked) // 2]:.6g}, worst "
-        f"{worst:.6g} (spread {100 * (best - worst) / abs(best):.2f}% of the best): the tiny "
-        "model's scorers have random weights",
+        f"{worst:.6g} (spread {100 * (best - worst) / abs(best):.2f}% of the best); "
+        f"{near} of {len(ranked)} points lie within 2% of the best (the tiny model's scorers "
+        "have random weights)",
         *p4_notes(runs),
     ]
     return block

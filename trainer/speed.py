@@ -4,7 +4,9 @@
   convolutions prefer (``auto`` = on CUDA);
 * ``fused_optimizer``: torch's fused AdamW / Adam / SGD kernel, one launch for every parameter
   instead of several per tensor (``auto`` = on CUDA; other optimizers are left as they are);
-* ``compile``: ``torch.compile`` of the UNet (the first steps pay for compilation);
+* ``compile``: ``torch.compile`` of the UNet (the first steps pay for compilation): ``true``
+  (the default mode) or a mode name, e.g. ``reduce-overhead`` (CUDA graphs: fewer launches,
+  for small batches; each bucket shape is compiled and captured once);
 * ``frozen_precision``: the frozen base weights of the UNet and text encoder stored in the
   autocast dtype (``auto`` = when mixed precision is on), as diffusers' and kohya's LoRA
   scripts do: half the memory, and autocast no longer casts every weight at every step. The
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 SWITCH_VALUES = ("auto", True, False)
 FROZEN_PRECISIONS = ("auto", "fp32")
 KEYS = ("channels_last", "fused_optimizer", "compile", "frozen_precision")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class SpeedOptions:
 
     channels_last: bool = False
     fused_optimizer: bool = False
-    compile: bool = False
+    compile: bool | str = False  # False, True (default mode) or a torch.compile mode
     frozen_dtype: torch.dtype | None = None  # None: keep the frozen weights as loaded
 
 
@@ -53,8 +56,11 @@ def speed_problems(train_cfg: Any) -> list[str]:
         if not (value == "auto" or isinstance(value, bool)):
             problems.append(f"train.{key}: {value!r} is not allowed; allowed: auto, true, false")
     value = _get(train_cfg, "compile", False)
-    if not isinstance(value, bool):
-        problems.append(f"train.compile: {value!r} is not allowed; allowed: true, false")
+    if not (isinstance(value, bool) or value in COMPILE_MODES):
+        problems.append(
+            f"train.compile: {value!r} is not allowed; allowed: true, false, "
+            f"{', '.join(COMPILE_MODES)}"
+        )
     value = _get(train_cfg, "frozen_precision", "auto")
     if value not in FROZEN_PRECISIONS:
         problems.append(
@@ -76,7 +82,7 @@ def speed_options(
     return SpeedOptions(
         channels_last=_switch(_get(train_cfg, "channels_last", "auto"), device),
         fused_optimizer=_switch(_get(train_cfg, "fused_optimizer", "auto"), device),
-        compile=bool(_get(train_cfg, "compile", False)),
+        compile=_get(train_cfg, "compile", False),
         frozen_dtype=autocast if frozen == "auto" else None,
     )
 
@@ -101,8 +107,10 @@ def prepare_unet(unet: torch.nn.Module, options: SpeedOptions) -> None:
     """Channels-last and ``torch.compile``, in place (the module and its keys stay the same)."""
     if options.channels_last:
         unet.to(memory_format=torch.channels_last)
-    if options.compile:
+    if options.compile is True:
         unet.compile()
+    elif options.compile:
+        unet.compile(mode=options.compile)
 
 
 def describe(options: SpeedOptions) -> str:

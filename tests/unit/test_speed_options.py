@@ -41,9 +41,10 @@ def test_bad_speed_keys_are_all_named_with_what_is_allowed():
     )
     assert len(problems) == 4
     assert "train.channels_last: 'yes'" in problems[0] and "auto, true, false" in problems[0]
-    assert "train.compile: 'auto'" in problems[2] and "true, false" in problems[2]
+    assert "train.compile: 'auto'" in problems[2] and "reduce-overhead" in problems[2]
     assert "train.frozen_precision: 'x'" in problems[3] and "auto, fp32" in problems[3]
     assert speed_problems(DEFAULTS) == []
+    assert speed_problems({**DEFAULTS, "compile": "reduce-overhead"}) == []
 
 
 def test_cast_frozen_casts_only_frozen_floating_parameters():

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# P1 and P3 on a lent GPU (the `device` tool), in as few device minutes as possible.
+#
+# 1. Here, with PyPI:   bash bench/gpu_session.sh fetch
+#    downloads the packages the device image lacks into .cache/gpu_wheels/ (git-ignored).
+# 2. There, one `run` per part, carrying .cache/gpu_wheels (each part fits in 10 minutes):
+#      bash bench/gpu_session.sh p1     # train: ours vs reference, batch 8 and 1, profile
+#      bash bench/gpu_session.sh p1c    # train, ours: cuDNN autotuning, torch.compile modes
+#      bash bench/gpu_session.sh p3     # eval vs train at the default settings, then GPU tests
+#    Results are appended to $OUT/RESULTS_gpu.md (logs and profiles beside it); append the
+#    blocks to bench/RESULTS.md here and update its summary.
+#
+# The device image has python3 with a CUDA torch, transformers, accelerate, pytest; it lacks
+# diffusers, hydra-core, omegaconf (+ antlr4), open_clip_torch (the CLIP vocabulary file) and
+# may have another peft: those travel as wheels. Nothing there reaches a network.
+set -euo pipefail
+
+WHEELS=.cache/gpu_wheels
+PART="${1:-}"
+
+fetch() {
+    local pip="${PIP:-.venv/bin/python -m pip}"
+    mkdir -p "$WHEELS"
+    $pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d "$WHEELS" \
+        diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 open_clip_torch==3.3.0 peft==0.21.2
+    # antlr4-python3-runtime 4.9.3 (hydra's parser) is published as a source archive only.
+    $pip wheel --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3
+    ls -l "$WHEELS"
+}
+
+setup() {
+    : "${OUT:?run this part on the device machine (OUT is its output folder)}"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/*.whl
+    export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+    R="$OUT/RESULTS_gpu.md"
+    python3 -c "import torch, diffusers; print(torch.__version__, diffusers.__version__, \
+torch.cuda.get_device_name())"
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv || true
+}
+
+# One benchmark; a failure is logged and the next one still runs.
+bench() {
+    python3 -m bench "$@" --results "$R" || echo "FAILED ($?): python -m bench $*"
+}
+
+p1() {
+    setup
+    {
+        # P1: 512 px, cached latents, bf16, LoRA rank 32, batch 8 (MFU goal) and 1 (overheads),
+        # at the default config; then the same work on both sides (--ref-targets ours); then a
+        # profile of one window of each (tables in $OUT).
+        bench train --model sd15_shape --batch 8 --repeats 2
+        bench train --model sd15_shape --batch 1
+        bench train --model sd15_shape --batch 8 --ref-targets ours
+        bench train --model sd15_shape --batch 8 --windows 1 --profile "$OUT"
+    } 2>&1 | tee "$OUT/p1.log"
+}
+
+p1c() {
+    setup
+    {
+        # The optional keys: cuDNN autotuning, torch.compile (default mode at batch 8, CUDA
+        # graphs at batch 1). Ours only: the reference's numbers are in p1's blocks.
+        bench train --model sd15_shape --batch 8 --variants ours \
+            --override train.deterministic=false
+        bench train --model sd15_shape --batch 8 --variants ours \
+            --override train.deterministic=false --override train.compile=true
+        bench train --model sd15_shape --batch 1 --variants ours \
+            --override train.deterministic=false --override train.compile=reduce-overhead
+    } 2>&1 | tee "$OUT/p1c.log"
+}
+
+p3() {
+    setup
+    {
+        # P3: evaluating an epoch vs training it at the default eval settings, then with the
+        # objective cell only (strength 1.0).
+        bench eval --model sd15_shape
+        bench eval --model sd15_shape --override 'eval.strengths=[1.0]' \
+            --override 'eval.unet_strengths=[]' --override 'eval.te_strengths=[]'
+        python3 -m pytest -q -p no:cacheprovider -m gpu tests/integration/test_gpu.py tests/bench \
+            || echo "FAILED: GPU tests"
+    } 2>&1 | tee "$OUT/p3.log"
+}
+
+case "$PART" in
+    fetch) fetch ;;
+    p1) p1 ;;
+    p1c) p1c ;;
+    p3) p3 ;;
+    *) echo "usage: bash bench/gpu_session.sh fetch|p1|p1c|p3" >&2; exit 2 ;;
+esac
