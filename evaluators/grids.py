@@ -40,22 +40,62 @@ def strip(images: Sequence[Image.Image], max_side: int = 256) -> Image.Image:
     return out
 
 
+def _text_width(draw: ImageDraw.ImageDraw, text: str) -> int:
+    """Pixels from the text's origin to its right edge, as ``draw.text`` draws it."""
+    return draw.textbbox((0, 0), text)[2]
+
+
+def _word_pieces(draw: ImageDraw.ImageDraw, word: str, max_width: int) -> list[str]:
+    """``word`` cut into pieces no wider than ``max_width`` (at least one character each)."""
+    pieces = [""]
+    for char in word:
+        if pieces[-1] and _text_width(draw, pieces[-1] + char) > max_width:
+            pieces.append("")
+        pieces[-1] += char
+    return pieces
+
+
+def wrap_text(draw: ImageDraw.ImageDraw, text: str, max_width: int) -> list[str]:
+    """``text`` in lines no wider than ``max_width`` pixels in ``draw``'s font.
+
+    Lines break between words; a word that is wider than a line on its own (a long checkpoint
+    name) is cut where it reaches the edge, so nothing is clipped by the image border.
+    """
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if _text_width(draw, candidate) <= max_width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        *full, line = _word_pieces(draw, word, max_width)
+        lines.extend(full)
+    return [*lines, line] if line else lines
+
+
 def labelled_grid(
     cells: Mapping[tuple[str, str], Image.Image],
     rows: Sequence[str],
     columns: Sequence[str],
     title: str = "",
 ) -> Image.Image:
-    """Rows x columns of cells with the labels on the left and on top (missing cells blank)."""
+    """Rows x columns of cells with the labels on the left and on top (missing cells blank).
+
+    The title is wrapped to the grid's width: one label row per line above the column labels.
+    """
     cell_w = max((im.width for im in cells.values()), default=32)
     cell_h = max((im.height for im in cells.values()), default=32)
-    top = _LABEL_H * (2 if title else 1)
     width = _LABEL_W + len(columns) * (cell_w + _GAP)
+    # The title's lines are known only once measured in the font the grid draws with.
+    title_lines = wrap_text(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, width - 2 * _PAD)
+    top = _LABEL_H * (1 + len(title_lines))
     height = top + len(rows) * (cell_h + _GAP)
     grid = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((_PAD, _PAD), title, fill=_TEXT)
+    for k, line in enumerate(title_lines):
+        draw.text((_PAD, _PAD + k * _LABEL_H), line, fill=_TEXT)
     for j, column in enumerate(columns):
         draw.text((_LABEL_W + j * (cell_w + _GAP) + _PAD, top - _LABEL_H + 2), column, fill=_TEXT)
     for i, row in enumerate(rows):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,15 @@ def _resolve(key: str, value: str) -> tuple[str, str]:
     return kind, str(location)
 
 
-def _pretrained(key: str, value: str, load) -> Any:
+def _pretrained(key: str, value: str, *classes: Any) -> list[Any]:
+    """``from_pretrained`` of each of ``classes``, then the image processor, from a local
+    directory (never a download) or a hub id (only the local cache when HF_HUB_OFFLINE is set).
+    """
     kind, location = _resolve(key, value)
     local_only = kind == "folder" or _offline()
     try:
-        return load(location, local_only)
+        parts = [cls.from_pretrained(location, local_files_only=local_only) for cls in classes]
+        return [*parts, _image_processor(location, local_only)]
     except _LOAD_ERRORS as error:
         hint = (
             " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is read; download the "
@@ -99,6 +104,17 @@ def _image_processor(location: str, local_only: bool) -> Any:
     if int(transformers.__version__.split(".")[0]) >= 5:
         options["backend"] = "pil"
     return transformers.AutoImageProcessor.from_pretrained(location, **options)
+
+
+def _tiny_parts(model_class: Any, config: Any, processor: str, **options: Any) -> tuple[Any, Any]:
+    """A ``model_class(config)`` with deterministic random weights (the global RNG is left as it
+    was) and the PIL image processor ``processor`` at the tiny image size."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = model_class(config)
+    size = {"shortest_edge": _TINY_IMAGE}
+    crop = {"height": _TINY_IMAGE, "width": _TINY_IMAGE}
+    return model, _pil_processor(processor, size=size, crop_size=crop, **options)
 
 
 def _tiny_clip() -> ClipBundle:
@@ -121,14 +137,7 @@ def _tiny_clip() -> ClipBundle:
         },
         projection_dim=16,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_TINY_SEED)
-        model = transformers.CLIPModel(config)
-    processor = _pil_processor(
-        "CLIPImageProcessor",
-        size={"shortest_edge": _TINY_IMAGE},
-        crop_size={"height": _TINY_IMAGE, "width": _TINY_IMAGE},
-    )
+    model, processor = _tiny_parts(transformers.CLIPModel, config, "CLIPImageProcessor")
     return ClipBundle(model, processor, build_clip_tokenizer(), TINY, random_weights=True)
 
 
@@ -141,13 +150,10 @@ def _tiny_dino() -> DinoBundle:
         image_size=_TINY_IMAGE,
         patch_size=8,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_TINY_SEED)
-        model = transformers.Dinov2Model(config)
-    processor = _pil_processor(
+    model, processor = _tiny_parts(
+        transformers.Dinov2Model,
+        config,
         "BitImageProcessor",
-        size={"shortest_edge": _TINY_IMAGE},
-        crop_size={"height": _TINY_IMAGE, "width": _TINY_IMAGE},
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
@@ -157,28 +163,17 @@ def _tiny_dino() -> DinoBundle:
 def _load_clip(value: str) -> ClipBundle:
     if value == TINY:
         return _tiny_clip()
-
-    def load(location: str, local_only: bool) -> ClipBundle:
-        model = transformers.CLIPModel.from_pretrained(location, local_files_only=local_only)
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(
-            location, local_files_only=local_only
-        )
-        processor = _image_processor(location, local_only)
-        return ClipBundle(model, processor, tokenizer, value, random_weights=False)
-
-    return _pretrained("eval.clip_model", value, load)
+    model, tokenizer, processor = _pretrained(
+        "eval.clip_model", value, transformers.CLIPModel, transformers.CLIPTokenizer
+    )
+    return ClipBundle(model, processor, tokenizer, value, random_weights=False)
 
 
 def _load_dino(value: str) -> DinoBundle:
     if value == TINY:
         return _tiny_dino()
-
-    def load(location: str, local_only: bool) -> DinoBundle:
-        model = transformers.AutoModel.from_pretrained(location, local_files_only=local_only)
-        processor = _image_processor(location, local_only)
-        return DinoBundle(model, processor, value, random_weights=False)
-
-    return _pretrained("eval.dino_model", value, load)
+    model, processor = _pretrained("eval.dino_model", value, transformers.AutoModel)
+    return DinoBundle(model, processor, value, random_weights=False)
 
 
 def _cached(kind: str, value: str, device: torch.device, build) -> Any:
@@ -205,21 +200,24 @@ def load_dino(value: str, device: torch.device | str = "cpu") -> DinoBundle:
     return _cached("dino", str(value), torch.device(device), _load_dino)
 
 
-def _pixels(processor, images, device, dtype) -> torch.Tensor:
-    batch = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-    return batch["pixel_values"].to(device=device, dtype=dtype)
+def _pixel_batches(
+    bundle: ClipBundle | DinoBundle, images, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """``images`` preprocessed by the bundle's image processor, ``batch_size`` at a time, on
+    the model's device and in its dtype."""
+    param = next(bundle.model.parameters())
+    for i in range(0, len(images), batch_size):
+        rgb = [im.convert("RGB") for im in images[i : i + batch_size]]
+        batch = bundle.image_processor(images=rgb, return_tensors="pt")
+        yield batch["pixel_values"].to(device=param.device, dtype=param.dtype)
 
 
 @torch.no_grad()
 def clip_image_embeddings(bundle: ClipBundle, images, batch_size: int = 16) -> torch.Tensor:
     """L2-normalised CLIP image embeddings ``[N, D]`` (float32, on the CPU)."""
     model = bundle.model
-    param = next(model.parameters())
     out = []
-    for i in range(0, len(images), batch_size):
-        pixels = _pixels(
-            bundle.image_processor, images[i : i + batch_size], param.device, param.dtype
-        )
+    for pixels in _pixel_batches(bundle, images, batch_size):
         pooled = model.vision_model(pixel_values=pixels).pooler_output
         out.append(model.visual_projection(pooled).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
@@ -247,12 +245,8 @@ def clip_text_embeddings(bundle: ClipBundle, texts, batch_size: int = 64) -> tor
 @torch.no_grad()
 def dino_embeddings(bundle: DinoBundle, images, batch_size: int = 16) -> torch.Tensor:
     """L2-normalised CLS-token embeddings of the last layer ``[N, D]`` (DreamBench's DINO)."""
-    model = bundle.model
-    param = next(model.parameters())
-    out = []
-    for i in range(0, len(images), batch_size):
-        pixels = _pixels(
-            bundle.image_processor, images[i : i + batch_size], param.device, param.dtype
-        )
-        out.append(model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu())
+    out = [
+        bundle.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
+        for pixels in _pixel_batches(bundle, images, batch_size)
+    ]
     return F.normalize(torch.cat(out), dim=-1)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,8 @@ from trainer.optim.schedulers import build_scheduler
 from trainer.speed import speed_options
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")  # a mode's settings (DreamBoothSettings, TextualInversionSettings)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,20 @@ def load_frozen(cfg: DictConfig, ctx: RunContext, components=None):
         module.to(ctx.device)
     components.vae.eval()
     return components
+
+
+def start_run(
+    cfg: DictConfig, read_settings: Callable[[DictConfig, DictConfig], S], components=None
+) -> tuple[S, RunContext, Any]:
+    """Every mode's set-up before it adds what it trains.
+
+    The mode's settings (``read_settings(cfg.train, cfg.data)``, its ``from_config``) come
+    first, so a bad value fails before any folder or file is written; then ``prepare_run`` and
+    the frozen base model (``components`` when given, else ``cfg.model`` loaded) on the device.
+    """
+    settings = read_settings(cfg.train, cfg.data)
+    ctx = prepare_run(cfg)
+    return settings, ctx, load_frozen(cfg, ctx, components)
 
 
 def data_view(data_cfg: DictConfig, reg_dir: str | None) -> DictConfig:

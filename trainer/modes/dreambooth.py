@@ -34,17 +34,8 @@ from trainer.device import SAVE_DTYPES
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import TrainResult
 from trainer.models.ldm_format import save_single_file
+from trainer.modes import common
 from trainer.modes.class_images import ensure_class_images
-from trainer.modes.common import (
-    RunContext,
-    base_metadata,
-    build_data,
-    epoch_stem,
-    load_frozen,
-    optimizer_view,
-    prepare_run,
-    train_loop,
-)
 from trainer.modes.embedding_files import save_embedding
 from trainer.modes.pivot import pivot_captions, pivot_tokens
 from trainer.modes.settings import DreamBoothSettings
@@ -56,9 +47,7 @@ def train_dreambooth(
     cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
 ) -> TrainResult:
     """Fine-tune the base model of ``cfg`` (validated by ``validate_run``) and save it."""
-    s = DreamBoothSettings.from_config(cfg.train, cfg.data)
-    ctx = prepare_run(cfg)
-    components = load_frozen(cfg, ctx, components)
+    s, ctx, components = common.start_run(cfg, DreamBoothSettings.from_config, components)
     base = _snapshot(components) if s.save_lora_dim else None
     reg_dir = None
     if s.prior_preservation:
@@ -75,16 +64,18 @@ def train_dreambooth(
     elif cfg.data.reg_dir:
         log.info("data.reg_dir is not used: train.prior_preservation is off")
     pivot = pivot_tokens(components, cfg.train)
-    data = pivot_captions(build_data(cfg, ctx, components, reg_dir), pivot, cfg.train)
+    data = pivot_captions(common.build_data(cfg, ctx, components, reg_dir), pivot, cfg.train)
     unet_params, te_params = _unfreeze(components, s.train_text_encoder, cfg.train)
-    opt_cfg = optimizer_view(cfg.optimizer, s.learning_rate, s.text_encoder_lr or s.learning_rate)
+    opt_cfg = common.optimizer_view(
+        cfg.optimizer, s.learning_rate, s.text_encoder_lr or s.learning_rate
+    )
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
-        stem = epoch_stem(cfg.run_name, epoch, is_last)
+        stem = common.epoch_stem(cfg.run_name, epoch, is_last)
         return _save(cfg, ctx, s, components, pivot, base, stem, epoch, step, is_last)
 
     try:
-        result = train_loop(
+        result = common.train_loop(
             cfg, ctx, components, data, opt_cfg, (unet_params, te_params),
             s.train_text_encoder, save_epoch, callbacks,
         )  # fmt: skip
@@ -121,9 +112,11 @@ def _unfreeze(components, train_text_encoder: bool, tc: DictConfig) -> tuple[lis
     return unet_params, te_params
 
 
-def _save(cfg, ctx: RunContext, s, components, pivot, base, stem, epoch, step, is_last) -> Path:
+def _save(
+    cfg, ctx: common.RunContext, s, components, pivot, base, stem, epoch, step, is_last
+) -> Path:
     path = ctx.output_dir / f"{stem}.safetensors"
-    meta = base_metadata(cfg, "dreambooth", epoch, step)
+    meta = common.base_metadata(cfg, "dreambooth", epoch, step)
     dtype = SAVE_DTYPES[cfg.train.save_precision]
     if pivot is None:
         save_single_file(components, path, dtype=dtype, metadata=meta)
@@ -138,7 +131,7 @@ def _save(cfg, ctx: RunContext, s, components, pivot, base, stem, epoch, step, i
     return path
 
 
-def _save_extracted_lora(cfg, ctx: RunContext, s, components, pivot, base, stem) -> Path:
+def _save_extracted_lora(cfg, ctx: common.RunContext, s, components, pivot, base, stem) -> Path:
     from trainer.networks.kohya_format import save_lora
     from trainer.tools.extract import extract_lora
 

@@ -26,16 +26,8 @@ from omegaconf import DictConfig
 from trainer.errors import ConfigError
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import TrainResult
+from trainer.modes import common
 from trainer.modes.added_tokens import AddedTokens, PlaceholderCaptions
-from trainer.modes.common import (
-    base_metadata,
-    build_data,
-    epoch_stem,
-    load_frozen,
-    optimizer_view,
-    prepare_run,
-    train_loop,
-)
 from trainer.modes.embedding_files import read_embedding, save_embedding
 from trainer.modes.settings import TextualInversionSettings
 
@@ -46,22 +38,20 @@ def train_textual_inversion(
     cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
 ) -> TrainResult:
     """Learn the embedding(s) of ``cfg.train.tokens`` on the data of ``cfg``; save them."""
-    s = TextualInversionSettings.from_config(cfg.train, cfg.data)
-    ctx = prepare_run(cfg)
-    components = load_frozen(cfg, ctx, components)
+    s, ctx, components = common.start_run(cfg, TextualInversionSettings.from_config, components)
     added = _add_tokens(components, s)
     if cfg.data.reg_dir:
         log.info("data.reg_dir is not used: textual inversion changes no model weight")
     data = PlaceholderCaptions(
-        build_data(cfg, ctx, components, None), added, s.caption_placeholder
+        common.build_data(cfg, ctx, components, None), added, s.caption_placeholder
     )
     lr = s.learning_rate
-    opt_cfg = optimizer_view(cfg.optimizer, lr, lr)
+    opt_cfg = common.optimizer_view(cfg.optimizer, lr, lr)
     suffix = f".{s.embedding_format}"
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
-        stem = epoch_stem(cfg.run_name, epoch, is_last)
-        meta = base_metadata(cfg, "textual_inversion", epoch, step)
+        stem = common.epoch_stem(cfg.run_name, epoch, is_last)
+        meta = common.base_metadata(cfg, "textual_inversion", epoch, step)
         paths = []
         for k, (token, vectors) in enumerate(added.vectors().items()):
             name = stem if k == 0 else f"{stem}.{k}"
@@ -72,7 +62,7 @@ def train_textual_inversion(
         return paths[0]
 
     try:
-        result = train_loop(
+        result = common.train_loop(
             cfg, ctx, components, data, opt_cfg, ([], added.parameters()), True, save_epoch,
             callbacks,
         )  # fmt: skip
