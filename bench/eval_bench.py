@@ -8,10 +8,15 @@ before and just after the evaluation callback, so each epoch splits into its tra
 steady state that P3 is about. The VAE encodes and base-model loads of each part are counted
 as well (P4).
 
+With ``eval.grid_epochs`` other than ``all``, an evaluated epoch is scored at strength 1.0
+only, and the strength grid runs once per run when training ends (on the best epoch, by
+default): its time and FLOPs are a row of their own, and the notes give both the cost per
+evaluated epoch and the cost amortised over the run.
+
 FLOPs are reported beside the times: the training epoch's from a meta-device count of one
 step (UNet, and the text encoder when it is trained) times the epoch's samples at the nominal
-resolution (buckets vary around it); the evaluation's from FlopCounterMode over one more,
-untimed, evaluation of the last file.
+resolution (buckets vary around it); the evaluation's from FlopCounterMode over more, untimed,
+evaluations of the last file: one as an epoch is evaluated, one of the whole grid.
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ class _BeforeEval(TrainingCallback):
     def on_train_start(self, info: dict) -> None:
         self.phases.edge("evaluated 0")
 
+    def on_train_end(self, result) -> None:
+        self.phases.stop_counting()
+        self.phases.edge("grid start")
+        self.phases.start_counting("grid")
+
     def on_epoch_saved(self, epoch: int, path: Path) -> None:
         self.phases.stop_counting()
         self.phases.edge(f"saved {epoch}")
@@ -119,6 +129,7 @@ class _AfterEval(TrainingCallback):
 
     def on_train_end(self, result) -> None:
         self.phases.stop_counting()
+        self.phases.edge("grid end")
 
 
 def eval_overrides(opts: EvalBenchOptions, device: torch.device) -> list[str]:
@@ -181,14 +192,21 @@ def eval_bench(opts: EvalBenchOptions, command: str) -> Block:
         release(device)
         per_epoch = images_per_epoch(cfg)
         train_flops = train_epoch_flops(cfg, opts.model, per_epoch)
+        s = evaluation.harness.settings
+        epoch_pairs = None if s.grid_epochs == "all" else [(1.0, 1.0)]
+        harness = evaluation.harness
         with recording_calls() as calls, FlopCounterMode(display=False) as counter:
-            evaluation.harness.evaluate(after.last_path)
+            harness.evaluate(after.last_path, pairs=epoch_pairs)
         eval_flops = counter.get_total_flops()
         by_module = {
             name: sum(ops.values())
             for name, ops in counter.get_flop_counts().items()
             if name != "Global" and "." not in name
         }
+        with recording_calls() as grid_calls, FlopCounterMode(display=False) as counter:
+            harness.evaluate(after.last_path)
+        grid_flops = counter.get_total_flops() - eval_flops
+        grid_calls.subtract(calls)
     for epoch in range(1, result.epochs_done + 1):
         train_s = phases.edges[f"saved {epoch}"] - phases.edges[f"evaluated {epoch - 1}"]
         eval_s = phases.edges[f"evaluated {epoch}"] - phases.edges[f"saved {epoch}"]
@@ -206,16 +224,31 @@ def eval_bench(opts: EvalBenchOptions, command: str) -> Block:
                 "base loads train/eval": f"{tc.eval_base_loads}/{ec.eval_base_loads}",
             },
         )
-    s = evaluation.harness.settings
+    grid_s = phases.edges["grid end"] - phases.edges["grid start"]
+    if s.grid_epochs in ("best", "last") and grid_flops > 0:
+        gc = phases.counts["grid"]
+        block.add_row(
+            epoch=f"grid on epoch {evaluation.best_epoch}, once per run",
+            **{
+                "train s": "",
+                "eval s": grid_s,
+                "eval/train (time)": "",
+                "train TFLOP": "",
+                "eval TFLOP": grid_flops / 1e12,
+                "eval/train (FLOPs)": f"{100 * grid_flops / train_flops:.0f}% of one epoch",
+                "VAE encodes train/eval": f"-/{gc.vae_encoded_images}",
+                "base loads train/eval": f"-/{gc.eval_base_loads}",
+            },
+        )
     block.settings = [
         f"model {opts.model}",
         f"{cfg.data.resolution} px",
         f"train: batch {cfg.train.batch_size}, {per_epoch} images/epoch, network "
         f"{cfg.network.type} dim {cfg.network.dim}, text encoder trained "
         f"{cfg.network.train_text_encoder}",
-        f"eval: {len(s.strength_pairs())} strength pairs, {len(evaluation.harness.items())} "
-        f"images each, {s.steps} {s.sampler} steps, CFG {s.guidance_scale}, metrics "
-        f"{', '.join(s.metrics)}, precision {s.precision}",
+        f"eval: grid_epochs {s.grid_epochs}, {len(s.strength_pairs())} strength pairs in the "
+        f"grid, {len(evaluation.harness.items())} images each, {s.steps} {s.sampler} steps, "
+        f"CFG {s.guidance_scale}, metrics {', '.join(s.metrics)}, precision {s.precision}",
         f"overrides: {' '.join(opts.overrides) or 'none'}",
     ]
     block.notes += [
@@ -223,12 +256,22 @@ def eval_bench(opts: EvalBenchOptions, command: str) -> Block:
         "train s = steps + saving the file; eval s = the EvaluationCallback (generation, "
         "scoring, grids); the last epoch is the steady state (P3: eval/train <= 20%)",
         "train TFLOP: meta-device FlopCounterMode count of one step x images/epoch at the "
-        "nominal resolution; eval TFLOP: FlopCounterMode over one extra evaluation",
+        "nominal resolution; eval TFLOP: FlopCounterMode over one extra evaluation as an "
+        "epoch is evaluated (and one of the whole grid, minus that, for the grid row)",
         "eval FLOPs by top-level module: " + _shares(by_module),
+        _amortised("measured", eval_flops, grid_flops, train_flops, result.epochs_done),
     ]
     if opts.project_to:
-        block.notes.append(_projection(opts, cfg, calls, per_epoch))
+        block.notes += _projection(opts, cfg, calls, grid_calls, per_epoch, result.epochs_done)
     return block
+
+
+def _amortised(label: str, epoch: float, grid: float, train: float, epochs: int) -> str:
+    return (
+        f"{label}: per evaluated epoch {100 * epoch / train:.0f}% of training it; with the "
+        f"once-per-run grid, over this run's {epochs} epochs "
+        f"{100 * (epochs * epoch + grid) / (epochs * train):.0f}%"
+    )
 
 
 def _shares(flops: dict[str, float]) -> str:
@@ -237,15 +280,23 @@ def _shares(flops: dict[str, float]) -> str:
     return ", ".join(f"{name} {100 * value / total:.1f}%" for name, value in ranked)
 
 
-def _projection(opts: EvalBenchOptions, cfg, calls, per_epoch: int) -> str:
+def _projection(opts: EvalBenchOptions, cfg, calls, grid_calls, per_epoch: int, epochs: int):
     """The same evaluation and training epoch priced on ``opts.project_to`` (meta FLOPs)."""
     factor = opts.project_resolution / int(cfg.data.resolution)
     priced = price_calls(calls, opts.project_to, factor)
+    grid = sum(price_calls(+grid_calls, opts.project_to, factor).values())
     train = train_epoch_flops(cfg, opts.project_to, per_epoch, opts.project_resolution)
     evaluation = sum(priced.values())
-    return (
+    per_image = train / per_epoch
+    break_even = evaluation / (0.2 * per_image)
+    return [
         f"PROJECTED to {opts.project_to} at {opts.project_resolution} px (same calls, priced "
-        f"on the meta device; scorers left out): eval {evaluation / 1e12:.1f} TFLOP vs train "
-        f"{train / 1e12:.1f} TFLOP per epoch = {100 * evaluation / train:.0f}%; eval by call: "
-        + _shares(priced)
-    )
+        f"on the meta device; scorers left out): eval {evaluation / 1e12:.1f} TFLOP per "
+        f"evaluated epoch vs train {train / 1e12:.1f} TFLOP per epoch ({per_epoch} images) = "
+        f"{100 * evaluation / train:.0f}%; the once-per-run grid {grid / 1e12:.1f} TFLOP; eval "
+        "by call: " + _shares(priced),
+        "PROJECTED, "
+        + _amortised(f"{per_epoch}-image epochs", evaluation, grid, train, epochs)
+        + f"; per evaluated epoch <= 20% from {break_even:.0f} training images per epoch "
+        f"({per_image / 1e12:.2f} TFLOP per training image)",
+    ]

@@ -14,7 +14,15 @@ Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None)``.
 
 It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one, inside
 ``on_epoch_saved``, so a callback placed after it in the list (a pruning reporter) reads
-``results[epoch][metric]`` for the epoch it is told about. ``evaluations[epoch]`` keeps the
+``results[epoch][metric]`` for the epoch it is told about.
+
+The strength grid (``eval.strengths`` and the UNet x TE pairs) costs one generation per pair;
+``eval.grid_epochs`` says which epochs get it: ``all`` (every evaluated epoch: the guide's
+epoch x strength grid), ``last``, ``best`` (the default: when training ends, the epoch with the
+highest objective; not for a pruned run) or ``none``. Other epochs are scored at strength 1.0
+only, where the objective is read, so a pruner and the choice of epoch see the same numbers
+either way; the grid reads over/under-training and the UNet/TE balance of the epoch a user
+would keep. ``results[epoch]`` then gains the grid's metrics. ``evaluations[epoch]`` keeps the
 full :class:`~evaluators.results.EpochEvaluation` (images, per-cell scores, diagnosis) and
 ``files[epoch]`` the paths written for it, for tracking to log.
 """
@@ -74,18 +82,39 @@ class EvaluationCallback(TrainingCallback):
 
     def on_epoch_saved(self, epoch: int, path: Path) -> None:
         self._last_saved = (epoch, Path(path))
-        if epoch % self.every_n_epochs == 0 or self._is_last(epoch, Path(path)):
-            self.evaluate(epoch, Path(path))
+        last = self._is_last(epoch, Path(path))
+        if epoch % self.every_n_epochs == 0 or last:
+            policy = self.harness.settings.grid_epochs
+            self.evaluate(epoch, Path(path), grid=policy == "all" or (policy == "last" and last))
 
     def on_train_end(self, result) -> None:
         # Training may stop before the planned last epoch (max_train_steps); evaluate the
         # final file if the cadence skipped it.
+        policy = self.harness.settings.grid_epochs
         if self._last_saved and self._last_saved[0] not in self.results:
-            self.evaluate(*self._last_saved)
+            self.evaluate(*self._last_saved, grid=policy in ("all", "last"))
+        if policy == "best" and self.best_epoch is not None:
+            if getattr(result, "pruned", False):
+                log.info("pruned run: no strength grid for epoch %d", self.best_epoch)
+            else:
+                self.add_grid(self.best_epoch)
 
-    def evaluate(self, epoch: int, path: Path) -> dict[str, float]:
-        """Evaluate one file now; record and write its results; return its metrics."""
-        evaluation = self.harness.evaluate(path, epoch)
+    def add_grid(self, epoch: int) -> dict[str, float]:
+        """Score an evaluated epoch at the rest of the strength grid (nothing if it has it)."""
+        earlier = self.evaluations[epoch]
+        if not self._missing_pairs(earlier):
+            return earlier.metrics
+        log.info("epoch %d: scoring the strength grid", epoch)
+        evaluation = self.harness.evaluate(earlier.lora_path, epoch, extend=earlier)
+        return self._record(epoch, evaluation)
+
+    def evaluate(self, epoch: int, path: Path, grid: bool = True) -> dict[str, float]:
+        """Evaluate one file now (``grid``: at every strength pair, else at 1.0 only); record
+        and write its results; return its metrics."""
+        pairs = None if grid else [(1.0, 1.0)]
+        return self._record(epoch, self.harness.evaluate(path, epoch, pairs=pairs))
+
+    def _record(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
         self.evaluations[epoch] = evaluation
         self.results[epoch] = evaluation.metrics
         best = self.best_objective
@@ -97,6 +126,10 @@ class EvaluationCallback(TrainingCallback):
             log.info("epoch %d: %s", epoch, note)
         return evaluation.metrics
 
+    def _missing_pairs(self, evaluation: EpochEvaluation) -> set[tuple[float, float]]:
+        scored = {(u, t) for _, u, t in evaluation.scores}
+        return set(self.harness.settings.strength_pairs()) - scored
+
     def _write(self, evaluation: EpochEvaluation) -> dict[str, Path]:
         if self.output_dir is None:
             return {}
@@ -104,7 +137,8 @@ class EvaluationCallback(TrainingCallback):
         files = {"metrics": write_metrics(evaluation, self.output_dir)}
         if s.save_grids:
             unet, te = list(s.unet_strengths), list(s.te_strengths)
-            files.update(write_unet_te_grids(evaluation, self.output_dir, unet, te))
+            if not self._missing_pairs(evaluation):  # not for an epoch scored at 1.0 only
+                files.update(write_unet_te_grids(evaluation, self.output_dir, unet, te))
             self._grids.add(evaluation)
             files.update(self._grids.save(self.output_dir))
         return files

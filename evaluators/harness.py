@@ -245,7 +245,9 @@ class Harness:
             slot.set_strength(unet, te)
         return generate(slot.pipeline, components, self.items(), self.sampling_options(ckpt))
 
-    def _score_checkpoint(self, checkpoint: Checkpoint, lora_path: Path, scores, images) -> None:
+    def _score_checkpoint(
+        self, checkpoint: Checkpoint, lora_path: Path, pairs, scores, images
+    ) -> None:
         components = self.base_model(checkpoint)
         slot = slot_for(components)
         slot.pipeline.scheduler = build_sampler(
@@ -258,7 +260,9 @@ class Harness:
         items = self.items() if needs_images else []
         slot.load(lora_path)
         try:
-            for u, t in self.settings.strength_pairs():
+            for u, t in pairs:
+                if (checkpoint.label, u, t) in scores:
+                    continue  # scored by an earlier call (``extend``)
                 slot.set_strength(u, t)
                 generated = generate(slot.pipeline, components, items, options) if items else []
                 inputs = ScoreInputs(
@@ -277,16 +281,31 @@ class Harness:
         finally:
             slot.unload()  # leave the shared base model as it was
 
-    def evaluate(self, lora_path: str | Path, epoch: int | None = None) -> EpochEvaluation:
-        """Score one LoRA file on every checkpoint at every strength pair."""
+    def evaluate(
+        self,
+        lora_path: str | Path,
+        epoch: int | None = None,
+        pairs: list[tuple[float, float]] | None = None,
+        extend: EpochEvaluation | None = None,
+    ) -> EpochEvaluation:
+        """Score one LoRA file on every checkpoint at the strength ``pairs``.
+
+        ``pairs``: (UNet, TE) strengths; default: the whole grid (``strength_pairs()``); (1, 1)
+        is always added, as the objective is read there. ``extend``: an earlier evaluation of
+        the same file, whose cells are kept and not scored again (an epoch first scored at 1.0
+        and later given its strength grid).
+        """
         started = time.perf_counter()
         lora_path = Path(lora_path)
         if not lora_path.is_file():  # before any model is loaded
             raise ModelLoadError(f"LoRA file not found: {lora_path}")
-        scores: dict[Cell, dict[str, float]] = {}
-        images: dict[Cell, list[Image.Image]] = {}
+        pairs = list(dict.fromkeys([*(pairs or self.settings.strength_pairs()), (1.0, 1.0)]))
+        scores: dict[Cell, dict[str, float]] = dict(extend.scores) if extend else {}
+        images: dict[Cell, list[Image.Image]] = dict(extend.images) if extend else {}
         for checkpoint in self.checkpoints:
-            self._score_checkpoint(checkpoint, lora_path, scores, images)
+            self._score_checkpoint(checkpoint, lora_path, pairs, scores, images)
+        if extend is not None and epoch is None:
+            epoch = extend.epoch
         s = self.settings
         averaged = average_over_checkpoints(scores)
         objectives = {pair: cell["objective"] for pair, cell in averaged.items()}
@@ -301,7 +320,7 @@ class Harness:
             checkpoints=[c.label for c in self.checkpoints],
         )
         result.metrics = flat_metrics(scores, diagnosis, result.random_weights)
-        result.seconds = time.perf_counter() - started
+        result.seconds = time.perf_counter() - started + (extend.seconds if extend else 0.0)
         result.metrics["eval/seconds"] = result.seconds
         log.info(
             "evaluated %s (epoch %d) in %.1fs: objective %.4f%s",

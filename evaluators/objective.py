@@ -33,6 +33,8 @@ ADHERENCE_METRIC = "clip_t"
 # curve says nothing about over- or under-training).
 TIE_TOLERANCE = 1e-6
 TRAINING_STATES = {"over-trained": -1.0, "well-trained": 0.0, "under-trained": 1.0}
+# An epoch scored at strength 1.0 alone (``eval.grid_epochs`` skipped its strength grid).
+NOT_MEASURED = "not measured"
 
 
 def objective_terms(scores: Mapping[str, float], fidelity_weight: float) -> dict[str, float]:
@@ -63,7 +65,7 @@ def _best(candidates: Iterable[tuple[tuple[float, ...], float]]) -> tuple[float,
 
 @dataclass
 class Diagnosis:
-    best_strength: float
+    best_strength: float | None
     state: str
     best_unet_strength: float | None = None
     best_te_strength: float | None = None
@@ -78,10 +80,10 @@ class Diagnosis:
         return self.best_te_strength
 
     def metrics(self) -> dict[str, float]:
-        out = {
-            "best_strength": self.best_strength,
-            "training_state": TRAINING_STATES[self.state],
-        }
+        out: dict[str, float] = {}
+        if self.best_strength is not None:
+            out["best_strength"] = self.best_strength
+            out["training_state"] = TRAINING_STATES[self.state]
         if self.best_unet_strength is not None:
             out["best_unet_strength"] = self.best_unet_strength
             out["best_te_strength"] = self.best_te_strength
@@ -117,13 +119,23 @@ def diagnose(
     unet_strengths: Iterable[float] = (),
     te_strengths: Iterable[float] = (),
 ) -> Diagnosis:
-    """Read the strength grid: best diagonal strength, best (UNet, TE) pair, and advice."""
-    diagonal = [(s, objective_by_pair[(s, s)]) for s in {*strengths, 1.0}]
-    (best,) = _best(((s,), v) for s, v in diagonal)
-    state, note = _state(best)
-    diagnosis = Diagnosis(best_strength=best, state=state, notes=[note])
+    """Read the strength grid: best diagonal strength, best (UNet, TE) pair, and advice.
+
+    Strengths missing from ``objective_by_pair`` are left out; with no strength but 1.0 there
+    is nothing to read, and the state is ``not measured``.
+    """
+    diagonal = [
+        (s, objective_by_pair[(s, s)]) for s in {*strengths, 1.0} if (s, s) in objective_by_pair
+    ]
+    if len(diagonal) < 2:
+        note = "scored at strength 1.0 only on the diagonal: no strength reading"
+        diagnosis = Diagnosis(best_strength=None, state=NOT_MEASURED, notes=[note])
+    else:
+        (best,) = _best(((s,), v) for s, v in diagonal)
+        state, note = _state(best)
+        diagnosis = Diagnosis(best_strength=best, state=state, notes=[note])
     grid = [(u, t) for u in unet_strengths for t in te_strengths]
-    if grid:
+    if grid and all(p in objective_by_pair for p in grid):
         pairs = [(p, objective_by_pair[p]) for p in {*grid, (1.0, 1.0)}]
         u, t = _best(pairs)
         diagnosis.best_unet_strength, diagnosis.best_te_strength = u, t

@@ -17,6 +17,7 @@ from trainer.errors import ConfigError
 
 METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+GRID_EPOCHS = ("best", "last", "all", "none")
 CHECKPOINT_KEYS = (
     "path",
     "name",
@@ -52,6 +53,7 @@ class EvalSettings:
     te_strengths: tuple[float, ...] = (0.5, 1.0)
     checkpoints: tuple[dict, ...] = ()
     every_n_epochs: int = 1
+    grid_epochs: str = "best"
     reference_dir: str | None = None
     max_reference_images: int = 16
     val_dir: str | None = None
@@ -70,7 +72,7 @@ class EvalSettings:
         return tuple(m for m in self.metrics if m != "val_loss")
 
     def strength_pairs(self) -> list[tuple[float, float]]:
-        """Every (UNet, TE) strength to evaluate: the diagonal, the UNet x TE grid, (1, 1)."""
+        """Every (UNet, TE) strength of the grid: the diagonal, the UNet x TE grid, (1, 1)."""
         pairs = [(s, s) for s in self.strengths]
         pairs += [(u, t) for u in self.unet_strengths for t in self.te_strengths]
         pairs.append((1.0, 1.0))
@@ -243,6 +245,7 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
         te_strengths=c.numbers("te_strengths", d.te_strengths, nonempty=False),
         checkpoints=_read_checkpoints(c),
         every_n_epochs=c.int_at_least("every_n_epochs", d.every_n_epochs, 1),
+        grid_epochs=c.choice("grid_epochs", d.grid_epochs, GRID_EPOCHS),
         reference_dir=c.optional_str("reference_dir"),
         max_reference_images=c.int_at_least("max_reference_images", d.max_reference_images, 1),
         val_dir=c.optional_str("val_dir"),

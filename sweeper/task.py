@@ -17,12 +17,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.callbacks import (
-    TRAINING_METRICS,
     EpochLoss,
     LogMetrics,
     NonFiniteLossGuard,
     configured_callbacks,
 )
+from sweeper.checks import evaluation_problems, needs_evaluation, objective_metrics
 from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
 from trainer.validate import validate_run
@@ -56,10 +56,10 @@ def run_single(cfg: DictConfig) -> float:
     """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
     from sweeper.tracking import MlflowCallback, single_run
 
-    metrics = list(OmegaConf.select(cfg, "search.metrics", default=None) or ["eval/objective"])
+    metrics = objective_metrics(cfg)
     directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
     # Bad input stops here, before a tracked run exists: a typo is not an experiment.
-    validate_run(cfg)
+    validate_run(cfg, extra_checks=[evaluation_problems])
     with single_run(cfg) as run:
         losses = EpochLoss()
         sources: list = [losses]
@@ -70,14 +70,14 @@ def run_single(cfg: DictConfig) -> float:
             *configured_callbacks(cfg),
         ]
         evaluation = None
-        if any(m not in TRAINING_METRICS for m in metrics):
+        if needs_evaluation(metrics):
             from evaluators.callback import EvaluationCallback
 
             evaluation = EvaluationCallback(cfg)
             callbacks.append(evaluation)
             sources.append(evaluation)
         callbacks.append(MlflowCallback(run, sources, evaluation))
-        result = train_from_config(cfg, callbacks=callbacks)
+        result = train_from_config(cfg, callbacks=callbacks, validated=True)
         merged: dict[int, dict[str, float]] = {}
         for source in sources:
             for epoch, values in source.results.items():

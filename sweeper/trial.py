@@ -27,10 +27,12 @@ from sweeper.callbacks import (
     NonFiniteLossGuard,
     configured_callbacks,
 )
+from sweeper.checks import evaluation_problems
 from sweeper.search_config import SearchSettings, read_settings
 from sweeper.study import build_pruner, make_storage, storage_url
 from trainer.errors import LorasweepError
 from trainer.loop.callbacks import StopTraining, TrainingCallback
+from trainer.validate import validate_run
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,9 @@ class OptunaReporter(TrainingCallback):
         last = self.total_epochs is not None and epoch >= self.total_epochs
         if not last and self.trial.should_prune():
             self.pruned_at = epoch
-            raise StopTraining(f"pruned at epoch {epoch}: {self.metrics[0]}={value:.5g}")
+            raise StopTraining(
+                f"pruned at epoch {epoch}: {self.metrics[0]}={value:.5g}", pruned=True
+            )
 
     def outcome(self) -> dict[str, Any]:
         """The trial's values: those of its best epoch (by the first metric)."""
@@ -166,6 +170,8 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     from sweeper.tracking import MlflowCallback
     from trainer.run import train_from_config
 
+    # Every problem of the trial's config at once, before any model loads.
+    validate_run(cfg, extra_checks=[evaluation_problems])
     losses = EpochLoss()
     sources: list = [losses]
     callbacks: list[TrainingCallback] = [
@@ -185,7 +191,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     callbacks.append(MlflowCallback(run, sources, evaluation))
     reporter = OptunaReporter(trial, sources, settings)
     callbacks.append(reporter)
-    result = train_from_config(cfg, callbacks=callbacks)
+    result = train_from_config(cfg, callbacks=callbacks, validated=True)
     outcome = reporter.outcome()
     outcome["epochs_trained"] = result.epochs_done
     files = {str(s.epoch): str(s.path) for s in result.saved}

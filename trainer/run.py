@@ -35,14 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def train_from_config(
-    cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
+    cfg: DictConfig,
+    callbacks: Iterable[TrainingCallback] = (),
+    components=None,
+    validated: bool = False,
 ) -> TrainResult:
     """Validate ``cfg`` (before any model is loaded), train, and write the adapter files.
 
     ``components`` may be given to reuse an already loaded base model (it is modified in
-    place: adapters are injected into its UNet and text encoder).
+    place: adapters are injected into its UNet and text encoder). ``validated``: the caller
+    has just run ``validate_run`` on ``cfg`` (it opens every image; once is enough).
     """
-    validate_run(cfg)
+    if not validated:
+        validate_run(cfg)
     if cfg.train.mode != "lora":  # DreamBooth, textual inversion: trainer/modes/
         return run_mode(cfg, callbacks, components)
     tc = cfg.train

@@ -7,6 +7,7 @@ what is allowed, so that a user fixes a config in one round trip instead of one 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -24,10 +25,17 @@ TOKEN_LENGTHS = (75, 150, 225)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def validate_run(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg`` and its data."""
+def validate_run(
+    cfg: DictConfig, extra_checks: Iterable[Callable[[DictConfig], list[str]]] = ()
+) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` and its data.
+
+    ``extra_checks``: more ``check(cfg) -> [problem, ...]`` from the caller (the sweeper's
+    ``eval`` and ``search`` groups, which the trainer does not know), reported together.
+    """
     problems: list[str] = []
-    for check in (_model, _network, _train, _data_settings, _optimizer, _scheduler):
+    checks = (_model, _network, _train, _data_settings, _optimizer, _scheduler, *extra_checks)
+    for check in checks:
         try:
             problems += check(cfg)
         except MissingMandatoryValue as err:

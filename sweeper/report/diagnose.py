@@ -70,6 +70,11 @@ def _strength_finding(epoch: int, diagnosis: dict[str, Any]) -> Finding:
             f"Epoch {epoch} scores best at strength {best:g} > 1.0: under-trained. Train "
             "longer or raise the learning rates."
         )
+    elif best is None:
+        text = (
+            f"Epoch {epoch} was scored at strength 1.0 only (eval.grid_epochs, or a pruned "
+            "run): no reading of over- or under-training. Set eval.grid_epochs=best or all."
+        )
     else:
         text = f"Epoch {epoch} scores best at strength 1.0: it works as trained."
     return Finding("Training state (strength)", text, warning=state != "well-trained")

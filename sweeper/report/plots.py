@@ -126,19 +126,22 @@ def score_vs_epoch(data: ReportData) -> bytes | None:
 
 
 def score_vs_strength(data: ReportData) -> bytes | None:
-    """The objective at each LoRA strength (UNet = TE) for each evaluated epoch of the best
-    trial: a peak below 1.0 is over-training, above 1.0 under-training."""
+    """The objective at each LoRA strength (UNet = TE) for each epoch of the best trial that
+    has the strength grid: a peak below 1.0 is over-training, above 1.0 under-training."""
     evals = data.outputs.evals
-    if not evals:
-        return None
-    fig = Figure(figsize=_SIZE)
-    ax = fig.subplots()
+    curves = {}
     for epoch, evaluation in sorted(evals.items()):
         pairs = evaluation.objective_by_pair()
         diagonal = sorted((u, v) for (u, t), v in pairs.items() if u == t)
-        if diagonal:
-            xs, ys = zip(*diagonal, strict=True)
-            ax.plot(xs, ys, marker="o", label=f"epoch {epoch}")
+        if len(diagonal) > 1:  # epochs scored at 1.0 alone have no curve
+            curves[epoch] = diagonal
+    if not curves:
+        return None
+    fig = Figure(figsize=_SIZE)
+    ax = fig.subplots()
+    for epoch, diagonal in curves.items():
+        xs, ys = zip(*diagonal, strict=True)
+        ax.plot(xs, ys, marker="o", label=f"epoch {epoch}")
     ax.axvline(1.0, color=_PRUNED, linestyle=":", linewidth=1)
     ax.set_xlabel("LoRA strength (UNet = TE)")
     ax.set_ylabel("eval/objective")

@@ -134,7 +134,8 @@ def score_epoch(data: ReportData) -> Markup:
 
 def score_strength(data: ReportData) -> Markup:
     note = para(
-        "The best trial's epochs at each LoRA strength (UNet = TE). A peak below 1.0 means "
+        "The best trial's epochs at each LoRA strength (UNet = TE), for the epochs scored at "
+        "every strength (eval.grid_epochs: best = the kept epoch only). A peak below 1.0 means "
         "over-trained, above 1.0 under-trained.",
         "note",
     )

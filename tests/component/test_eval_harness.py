@@ -279,3 +279,70 @@ def test_every_sampler_is_reproducible_with_fixed_seeds(tmp_path):
         assert not np.array_equal(first[0], first[1])  # image k uses seed + k
         outputs[name] = first
     assert not np.array_equal(outputs["ddim"], outputs["euler_a"])
+
+
+class _Result:  # what EvaluationCallback.on_train_end reads of a TrainResult
+    def __init__(self, pruned: bool = False):
+        self.pruned = pruned
+
+
+def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
+    """Three saved epochs through an EvaluationCallback; returns it and the cells scored."""
+    from omegaconf import OmegaConf
+
+    from evaluators.callback import EvaluationCallback
+
+    h = _harness(tmp_path, grid_epochs=grid_epochs, unet_strengths=[0.5], te_strengths=[1.0])
+    scored: list[tuple[int, float, float]] = []
+    score_checkpoint = h._score_checkpoint
+
+    def counting(checkpoint, lora_path, pairs, scores, images):
+        before = set(scores)
+        score_checkpoint(checkpoint, lora_path, pairs, scores, images)
+        scored.extend((int(lora_path.stem[-1]), u, t) for _, u, t in set(scores) - before)
+
+    h._score_checkpoint = counting
+    cfg = OmegaConf.create({"run_name": "run", "eval": {}})
+    callback = EvaluationCallback(cfg, output_dir=tmp_path / "eval", harness=h)
+    callback.on_train_start({"epochs": 3})
+    for epoch, seed in ((1, 1), (2, 7), (3, 3)):
+        path = _lora_file(tmp_path / f"run-{epoch:06d}.safetensors", seed=seed)
+        callback.on_epoch_saved(epoch, path)
+    callback.on_train_end(_Result(pruned))
+    return callback, scored
+
+
+GRID = {(0.5, 0.5), (1.0, 1.0), (1.5, 1.5), (0.5, 1.0)}
+
+
+def test_grid_epochs_best_scores_the_grid_once_on_the_best_epoch(tmp_path):
+    callback, scored = _run_callback(tmp_path, "best")
+    best = callback.best_epoch
+    assert len(scored) == 3 + len(GRID) - 1  # (1, 1) per epoch, then the rest once
+    assert {(u, t) for e, u, t in scored if e != best} == {(1.0, 1.0)}
+    assert {(u, t) for e, u, t in scored if e == best} == GRID
+    objectives = {e: r["eval/objective"] for e, r in callback.results.items()}
+    assert best == max(objectives, key=objectives.get)
+    for epoch, metrics in callback.results.items():
+        has_grid = "eval/best_strength" in metrics
+        assert has_grid == (epoch == best)
+        assert ("eval/objective@unet0.5_te1.0" in metrics) == (epoch == best)
+        assert metrics["eval/objective"] == objectives[epoch]  # unchanged by the grid
+    out = tmp_path / "eval"
+    assert sorted(p.parent.name for p in out.glob("epoch-*/unet_x_te-*.png")) == [
+        f"epoch-{best:06d}"
+    ]
+    assert callback.evaluations[best].diagnosis.state != "not measured"
+    others = [e for e in callback.evaluations if e != best]
+    assert all(callback.evaluations[e].diagnosis.state == "not measured" for e in others)
+
+
+def test_grid_epochs_all_last_none_and_a_pruned_run(tmp_path):
+    _, scored = _run_callback(tmp_path / "all", "all")
+    assert {(u, t) for e, u, t in scored if e == 2} == GRID and len(scored) == 3 * len(GRID)
+    _, scored = _run_callback(tmp_path / "last", "last")
+    assert {(u, t) for e, u, t in scored if e == 3} == GRID and len(scored) == 2 + len(GRID)
+    _, scored = _run_callback(tmp_path / "none", "none")
+    assert {(u, t) for _, u, t in scored} == {(1.0, 1.0)} and len(scored) == 3
+    _, scored = _run_callback(tmp_path / "pruned", "best", pruned=True)
+    assert {(u, t) for _, u, t in scored} == {(1.0, 1.0)} and len(scored) == 3

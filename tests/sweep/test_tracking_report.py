@@ -164,7 +164,9 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
         per_epoch = trial.user_attrs["epoch_metrics"]
         expected = {int(e): m["eval/objective"] for e, m in per_epoch.items()}
         assert _history(client, run_id, "eval/objective") == expected
-        assert sorted(_history(client, run_id, "eval/clip_i_at_unet0.5_te1.0")) == [1, 2]
+        # eval.grid_epochs=best: the strength grid only at the best epoch, logged at the end
+        best = trial.user_attrs["best_epoch"]
+        assert sorted(_history(client, run_id, "eval/clip_i_at_unet0.5_te1.0")) == [best]
         assert sorted(_history(client, run_id, "train/epoch_loss")) == [1, 2]
         # artifacts
         files = {a.path for a in client.list_artifacts(run_id)}
@@ -174,7 +176,8 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
         for epoch in (1, 2):
             listed = client.list_artifacts(run_id, f"eval/epoch-{epoch:06d}")
             grid = {a.path.rsplit("/", 1)[1] for a in listed}
-            assert any(n.startswith("unet_x_te-") and n.endswith(".png") for n in grid)
+            has_grid = any(n.startswith("unet_x_te-") and n.endswith(".png") for n in grid)
+            assert has_grid == (epoch == best)
             assert any(n.startswith("metrics") and n.endswith(".json") for n in grid)
         top = [a.path for a in client.list_artifacts(run_id, "eval")]
         assert any("epoch_x_strength" in p and p.endswith(".png") for p in top)

@@ -85,3 +85,17 @@ def test_every_metric_name_has_an_mlflow_safe_form():
     safe = {mlflow_safe_name(k) for k in flat}
     assert len(safe) == len(flat)
     assert all(re.fullmatch(r"[/\w.\- :]+", k) for k in safe)
+
+
+def test_an_epoch_scored_at_one_strength_has_no_strength_reading():
+    d = diagnose({(1.0, 1.0): 0.5}, [0.25, 0.5, 1.0, 1.5], [0.5, 1.0], [0.5, 1.0])
+    assert d.state == "not measured" and d.best_strength is None
+    assert d.best_unet_strength is None
+    assert d.metrics() == {}
+    flat = flat_metrics({("a", 1.0, 1.0): {"objective": 0.5}}, d, False)
+    assert flat["eval/objective"] == 0.5
+    assert "eval/best_strength" not in flat and "eval/training_state" not in flat
+    # The UNet x TE grid is read even when the diagonal is not.
+    pairs = {(1.0, 1.0): 0.5, (0.5, 1.0): 0.7}
+    d = diagnose(pairs, [1.0], [0.5, 1.0], [1.0])
+    assert d.state == "not measured" and d.best_unet_strength == 0.5

@@ -6,7 +6,15 @@ from pathlib import Path
 
 
 class StopTraining(Exception):  # noqa: N818 - a control signal, not an error
-    """Raised by a callback to end training after the current saved epoch (e.g. pruning)."""
+    """Raised by a callback to end training after the current saved epoch (e.g. pruning).
+
+    ``pruned``: the run was stopped as unpromising (an Optuna pruner), not because it reached
+    what it wanted; callbacks then skip work meant for a kept run (the final strength grid).
+    """
+
+    def __init__(self, message: str = "", *, pruned: bool = False):
+        super().__init__(message)
+        self.pruned = pruned
 
 
 class TrainingCallback:

@@ -66,6 +66,7 @@ class TrainResult:
     last_loss: float = float("nan")
     mean_loss_last_epoch: float = float("nan")
     stopped_early: str | None = None
+    pruned: bool = False  # stopped by a pruner (StopTraining(pruned=True))
     seconds: float = 0.0
     cache_stats: dict = field(default_factory=dict)
 
@@ -199,6 +200,7 @@ def run_training(
                     cb.on_epoch_saved(epoch, path)
             except StopTraining as stop:
                 result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
+                result.pruned = stop.pruned
                 break
         if is_last:
             break
