@@ -13,7 +13,9 @@ Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None)``.
 (default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now).
 
 It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one, inside
-``on_epoch_saved``, so a callback placed after it in the list (a pruning reporter) reads
+``on_epoch_saved``; ``every_n_epochs: auto`` picks, when training starts, the smallest N that
+keeps the estimated evaluation cost at most ``eval.max_overhead`` of the training cost
+(:mod:`evaluators.cadence`), so a callback placed after it in the list (a pruning reporter) reads
 ``results[epoch][metric]`` for the epoch it is told about.
 
 The strength grid (``eval.strengths`` and the UNet x TE pairs) costs one generation per pair;
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from evaluators.cadence import auto_every_n_epochs, evaluation_units, overhead
 from evaluators.harness import Harness
 from evaluators.outputs import EpochStrengthGrids, write_metrics, write_unet_te_grids
 from evaluators.results import EpochEvaluation
@@ -56,7 +59,8 @@ class EvaluationCallback(TrainingCallback):
         self.cfg = cfg
         self.harness = harness or Harness.from_config(cfg)
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
-        self.every_n_epochs = self.harness.settings.every_n_epochs
+        # "auto" until on_train_start, which knows the epoch's size and sets an int.
+        self.every_n_epochs: int | str = self.harness.settings.every_n_epochs
         self.results: dict[int, dict[str, float]] = {}
         self.evaluations: dict[int, EpochEvaluation] = {}
         self.files: dict[int, dict[str, Path]] = {}
@@ -73,6 +77,36 @@ class EvaluationCallback(TrainingCallback):
 
     def on_train_start(self, info: dict) -> None:
         self._last_epoch = info.get("epochs")
+        if self.every_n_epochs == "auto":
+            self.every_n_epochs = self._auto_cadence(info)
+
+    def _auto_cadence(self, info: dict) -> int:
+        s = self.harness.settings
+        images = info.get("images_per_epoch")
+        if not images and info.get("batches_per_epoch") and info.get("batch_size"):
+            images = info["batches_per_epoch"] * info["batch_size"]
+        if not images:
+            log.warning("eval.every_n_epochs=auto: the epoch size is unknown; every epoch")
+            return 1
+        width, height = self.harness.size
+        resolution = self.cfg.model.get("resolution") if "model" in self.cfg else None
+        train_pixels = int(resolution) ** 2 if resolution else width * height
+        n_items = len(self.harness.items()) if s.generation_metrics else 0
+        units = evaluation_units(
+            s, n_items, len(self.harness.checkpoints), width * height, train_pixels
+        )
+        n = auto_every_n_epochs(units, int(images), s.max_overhead)
+        log.info(
+            "eval.every_n_epochs=auto: every %d epoch(s) (and the last); evaluation ~%.0f%% of "
+            "training (%.0f UNet forwards per evaluation, %d images per epoch; "
+            "eval.max_overhead %.0f%%)",
+            n,
+            100 * overhead(units, int(images), n),
+            units,
+            int(images),
+            100 * s.max_overhead,
+        )
+        return n
 
     def _is_last(self, epoch: int, path: Path) -> bool:
         if self._last_epoch is not None and epoch >= self._last_epoch:

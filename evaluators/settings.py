@@ -52,7 +52,8 @@ class EvalSettings:
     unet_strengths: tuple[float, ...] = (0.5, 1.0)
     te_strengths: tuple[float, ...] = (0.5, 1.0)
     checkpoints: tuple[dict, ...] = ()
-    every_n_epochs: int = 1
+    every_n_epochs: int | str = 1  # or "auto" (evaluators/cadence.py)
+    max_overhead: float = 0.2
     grid_epochs: str = "best"
     reference_dir: str | None = None
     max_reference_images: int = 16
@@ -244,7 +245,8 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
         unet_strengths=c.numbers("unet_strengths", d.unet_strengths, nonempty=False),
         te_strengths=c.numbers("te_strengths", d.te_strengths, nonempty=False),
         checkpoints=_read_checkpoints(c),
-        every_n_epochs=c.int_at_least("every_n_epochs", d.every_n_epochs, 1),
+        every_n_epochs=_read_every_n_epochs(c),
+        max_overhead=_read_max_overhead(c),
         grid_epochs=c.choice("grid_epochs", d.grid_epochs, GRID_EPOCHS),
         reference_dir=c.optional_str("reference_dir"),
         max_reference_images=c.int_at_least("max_reference_images", d.max_reference_images, 1),
@@ -268,6 +270,22 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
     if c.problems:
         raise ConfigError(c.problems)
     return settings
+
+
+def _read_every_n_epochs(c: _Checker) -> int | str:
+    value = c.get("every_n_epochs", EvalSettings.every_n_epochs)
+    if value == "auto" or (_is_int(value) and value >= 1):
+        return value
+    c.bad("every_n_epochs", value, "an integer >= 1 or 'auto' (cost <= eval.max_overhead)")
+    return EvalSettings.every_n_epochs
+
+
+def _read_max_overhead(c: _Checker) -> float:
+    value = c.get("max_overhead", EvalSettings.max_overhead)
+    if not _is_number(value) or not value > 0:
+        c.bad("max_overhead", value, "a number > 0 (evaluation cost / training cost, e.g. 0.2)")
+        return EvalSettings.max_overhead
+    return float(value)
 
 
 def _read_timesteps(c: _Checker) -> tuple[int, ...]:

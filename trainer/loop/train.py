@@ -145,6 +145,10 @@ def run_training(
                 "epochs": settings.epochs,
                 "max_steps": settings.max_steps,
                 "batches_per_epoch": data.batches_per_epoch,
+                # Samples (repeats and regularisation images included) trained on per epoch,
+                # for the evaluation's cost estimate (eval.every_n_epochs: auto).
+                "images_per_epoch": getattr(data, "samples_per_epoch", None),
+                "batch_size": getattr(data, "batch_size", None),
             }
         )
     bar = tqdm(total=settings.max_steps, disable=not settings.progress_bar, desc="train")
