@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from sweeper.checks import evaluation_problems
 from sweeper.results import RESULTS_FILE, print_summary, summarize, write_results
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
@@ -48,7 +49,7 @@ from sweeper.tracking import (
     start_sweep_run,
 )
 from sweeper.trial import MetricNotFoundError, worker_name
-from trainer.errors import LorasweepError
+from trainer.errors import ConfigError, LorasweepError
 
 log = logging.getLogger("sweeper")
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -103,6 +104,10 @@ class SweepRunner:
         overrides = parser.parse_overrides(list(arguments))
         fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
         settings = read_settings(self.config.search)
+        # The eval group and the search metrics it must produce: wrong for every trial alike.
+        problems = evaluation_problems(self.config)
+        if problems:
+            raise ConfigError(problems)
         choices = set(self.config.hydra.runtime.choices)
 
         def group_options(name: str) -> list[str] | None:

@@ -176,3 +176,21 @@ def test_a_bad_search_space_is_rejected_before_any_trial(shared, tmp_path):
     # Nothing ran: no storage written, no trial folder.
     assert not (tmp_path / "runs" / "lorasweep_optuna.db").exists()
     assert not list(sweep_dir.glob("trial_*"))
+
+
+def test_a_bad_eval_group_is_rejected_before_any_trial(shared, tmp_path):
+    data_dir, cache = shared
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        *tiny_overrides(data_dir, sweep_dir),
+        "search.metrics=[eval/best_strength]",
+        "search.directions=[maximize]",
+        "eval.steps=0",
+    ]
+    proc = run_sweep(args, sweep_env(tmp_path, cache), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "eval.steps: 0 is not allowed" in proc.stderr, proc.stderr[-3000:]
+    assert "search.metrics[0]: 'eval/best_strength'" in proc.stderr
+    assert "eval.grid_epochs=all" in proc.stderr
+    assert not (tmp_path / "runs" / "lorasweep_optuna.db").exists()
+    assert not list(sweep_dir.glob("trial_*"))
