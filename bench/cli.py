@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resolution", type=int, default=None, help="default: the model's")
     evaluate.add_argument("--epochs", type=int, default=2, help="the last one is measured")
     evaluate.add_argument(
+        "--repeats", type=int, default=None, help="the sample data's repeats (epoch size / 6)"
+    )
+    evaluate.add_argument(
         "--project-to",
         default=None,
         choices=["tiny", "sd15_shape"],
@@ -197,6 +200,7 @@ def _eval(args, command: str):
         model=args.model,
         resolution=args.resolution,
         epochs=args.epochs,
+        repeats=args.repeats,
         device=args.device,
         overrides=tuple(args.override),
         project_to=args.project_to,

@@ -22,6 +22,7 @@ evaluations of the last file: one as an epoch is evaluated, one of the whole gri
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from bench.runs import build_components, compose_run, meta_components, release
 from trainer.device import resolve_device
 from trainer.loop.callbacks import TrainingCallback
 
+PROJECT = Path(__file__).resolve().parents[1]
 COLUMNS = [
     "epoch",
     "train s",
@@ -70,6 +72,7 @@ class EvalBenchOptions:
     overrides: tuple[str, ...] = ()
     project_to: str | None = None  # price the evaluation's calls on this model (FLOPs)
     project_resolution: int = 512
+    repeats: int | None = None  # the sample folder's kohya repeats (None: as bundled, 5)
 
     @classmethod
     def smoke(cls, device: str, overrides: tuple[str, ...] = ()) -> EvalBenchOptions:
@@ -151,6 +154,15 @@ def eval_overrides(opts: EvalBenchOptions, device: torch.device) -> list[str]:
     return [*overrides, *opts.overrides]
 
 
+def sample_with_repeats(work: Path, repeats: int) -> Path:
+    """The bundled sample data as ``<repeats>_<name>`` (a larger or smaller epoch)."""
+    source = next(p for p in (PROJECT / "data/sample/img").iterdir() if p.is_dir())
+    name = source.name.split("_", 1)[1]
+    target = work / "data" / f"{repeats}_{name}"
+    shutil.copytree(source, target)
+    return target.parent
+
+
 def images_per_epoch(cfg) -> int:
     """Training images in one epoch: every image times its folder's repeats (no reg set)."""
     from trainer.data.kohya_layout import repeated_items, scan_dataset
@@ -180,7 +192,10 @@ def eval_bench(opts: EvalBenchOptions, command: str) -> Block:
     phases = Phases(device)
     with tempfile.TemporaryDirectory(prefix="lorasweep-bench-") as tmp:
         work = Path(tmp)
-        cfg = compose_run(eval_overrides(opts, device), work / "out", work / "cache")
+        overrides = eval_overrides(opts, device)
+        if opts.repeats:
+            overrides.append(f"data.dir={sample_with_repeats(work, opts.repeats)}")
+        cfg = compose_run(overrides, work / "out", work / "cache")
         evaluation = EvaluationCallback(cfg)
         after = _AfterEval(phases)
         components = build_components(opts.model, device)
@@ -249,7 +264,8 @@ def eval_bench(opts: EvalBenchOptions, command: str) -> Block:
         f"eval: grid_epochs {s.grid_epochs}, {len(s.strength_pairs())} strength pairs in the "
         f"grid, {len(evaluation.harness.items())} images each, {s.steps} {s.sampler} steps, "
         f"CFG {s.guidance_scale}, metrics {', '.join(s.metrics)}, precision {s.precision}",
-        f"overrides: {' '.join(opts.overrides) or 'none'}",
+        f"overrides: {' '.join(opts.overrides) or 'none'}"
+        + (f"; sample data with {opts.repeats} repeats" if opts.repeats else ""),
     ]
     block.notes += [
         f"latent cache: {result.cache_stats}",

@@ -75,11 +75,13 @@ p1c() {
 p3() {
     setup
     {
-        # P3: evaluating an epoch vs training it at the default eval settings, then with the
-        # objective cell only (strength 1.0).
-        bench eval --model sd15_shape
-        bench eval --model sd15_shape --override 'eval.strengths=[1.0]' \
-            --override 'eval.unet_strengths=[]' --override 'eval.te_strengths=[]'
+        # P3: evaluating an epoch vs training it at the default eval settings (epochs scored at
+        # strength 1.0, the strength grid once on the best epoch), on the sample data's
+        # 30-image epochs and on 150-image epochs (25 repeats of its 6 images), then with the
+        # grid at every epoch (eval.grid_epochs=all).
+        bench eval --model sd15_shape --epochs 3
+        bench eval --model sd15_shape --epochs 3 --repeats 25
+        bench eval --model sd15_shape --epochs 3 --override eval.grid_epochs=all
         python3 -m pytest -q -p no:cacheprovider -m gpu tests/integration/test_gpu.py tests/bench \
             || echo "FAILED: GPU tests"
     } 2>&1 | tee "$OUT/p3.log"
