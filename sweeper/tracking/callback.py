@@ -74,10 +74,14 @@ class MlflowCallback(TrainingCallback):
 
     def _log_epoch(self, epoch: int) -> None:
         metrics = self._epoch_metrics(epoch)
-        if not metrics or metrics == self.rows.get(epoch):
+        before = self.rows.get(epoch) or {}
+        # An epoch logged again (it got its strength grid when training ended) adds only what
+        # is new or changed, so no metric has two points at one step.
+        changed = {k: v for k, v in metrics.items() if before.get(k) != v}
+        if not changed:
             return
         self.rows[epoch] = metrics
-        self.tracker.log_metrics(metrics, step=epoch, now=True)
+        self.tracker.log_metrics(changed, step=epoch, now=True)
         files = getattr(self.evaluation, "files", {}).get(epoch, {})
         root = getattr(self.evaluation, "output_dir", None)
         for path in files.values():

@@ -164,6 +164,8 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
         per_epoch = trial.user_attrs["epoch_metrics"]
         expected = {int(e): m["eval/objective"] for e, m in per_epoch.items()}
         assert _history(client, run_id, "eval/objective") == expected
+        points = client.get_metric_history(run_id, "eval/objective")
+        assert len(points) == len(expected)  # the grid's re-log adds no second point
         # eval.grid_epochs=best: the strength grid only at the best epoch, logged at the end
         best = trial.user_attrs["best_epoch"]
         assert sorted(_history(client, run_id, "eval/clip_i_at_unet0.5_te1.0")) == [best]
