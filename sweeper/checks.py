@@ -19,6 +19,13 @@ GRID_METRICS = (
 )
 
 
+# What the other training modes save per epoch (trainer/modes/): not something to hot-swap.
+SAVES = {
+    "dreambooth": "whole checkpoints",
+    "textual_inversion": "textual-inversion embeddings",
+}
+
+
 def objective_metrics(cfg: DictConfig) -> list[str]:
     """``search.metrics`` (default ``eval/objective``): what a run or trial is scored by."""
     return list(OmegaConf.select(cfg, "search.metrics", default=None) or ["eval/objective"])
@@ -37,6 +44,15 @@ def evaluation_problems(cfg: DictConfig) -> list[str]:
     from evaluators.settings import eval_config_problems
 
     problems = eval_config_problems(cfg.eval)
+    mode = OmegaConf.select(cfg, "train.mode", default="lora")
+    if mode in SAVES:
+        problems.append(
+            f"search.metrics: {metrics} need the evaluators, which score LoRA files on base "
+            f"models, and train.mode={mode} saves {SAVES[mode]}; use "
+            "search.metrics=[train/epoch_loss] with search.directions=[minimize] (or "
+            "train.save_lora_dim for an extracted LoRA of the last DreamBooth epoch, scored with "
+            "python -m evaluators)"
+        )
     grid_epochs = cfg.eval.get("grid_epochs", "best")
     if grid_epochs != "all":
         for i, metric in enumerate(metrics):

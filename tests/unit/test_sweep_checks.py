@@ -37,3 +37,23 @@ def test_no_eval_check_when_the_objective_is_a_training_metric(compose):
     cfg = compose("search.metrics=[train/epoch_loss]", "search.directions=[minimize]")
     cfg.eval.steps = 0  # never read: the evaluators do not run
     assert evaluation_problems(cfg) == []
+
+
+@pytest.mark.parametrize("train", ["dreambooth", "textual_inversion"])
+def test_modes_that_save_no_lora_need_a_training_metric(compose, train):
+    problems = evaluation_problems(compose(f"train={train}"))
+    assert len(problems) == 1
+    assert (
+        f"train.mode={train}" in problems[0] and "search.metrics=[train/epoch_loss]" in problems[0]
+    )
+    training_metric = compose(
+        f"train={train}", "search.metrics=[train/epoch_loss]", "search.directions=[minimize]"
+    )
+    assert evaluation_problems(training_metric) == []
+
+
+@pytest.mark.parametrize("experiment", ["dreambooth_blog", "pivotal_tuning", "pivotal_tuning_ti"])
+def test_the_mode_experiments_report_the_training_loss(compose, experiment):
+    cfg = compose(f"+experiment={experiment}")
+    assert list(cfg.search.metrics) == ["train/epoch_loss"]
+    assert evaluation_problems(cfg) == []
