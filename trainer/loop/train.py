@@ -182,7 +182,7 @@ def run_training(
                 result.last_loss = float(loss.detach())
                 metrics = {
                     "train/loss": result.last_loss,
-                    **metrics,
+                    **{k: float(v) for k, v in metrics.items()},
                     **lr_metrics(optimizer),
                     "train/epoch": float(epoch),
                 }
@@ -253,10 +253,11 @@ def _optimizer_step(optimizer, lr_scheduler, network, trainable, scaler, setting
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if settings.scale_weight_norms:
+        # Tensors (no host sync here): read as floats only at log intervals.
         scaled, mean_norm, max_norm = network.apply_max_norm(settings.scale_weight_norms)
         metrics.update(
             {
-                "train/keys_scaled": float(scaled),
+                "train/keys_scaled": scaled,
                 "train/average_key_norm": mean_norm,
                 "train/max_key_norm": max_norm,
             }

@@ -327,26 +327,25 @@ class LoraNetwork:
             for m in self.modules:
                 yield m, float(_delta(m).norm())
 
-    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+    def apply_max_norm(self, max_norm: float) -> tuple[torch.Tensor, ...]:
         """kohya's ``scale_weight_norms``: cap each module's delta-W Frobenius norm.
 
         A module whose norm exceeds ``max_norm`` has ``up`` and ``down`` both multiplied by
-        ``sqrt(max_norm / norm)``, so its delta shrinks to exactly ``max_norm``. Returns
-        (modules scaled, mean norm, max norm), the norms measured after scaling.
+        ``sqrt(max_norm / norm)``, so its delta shrinks to exactly ``max_norm``; the others are
+        multiplied by exactly 1. Returns (modules scaled, mean norm, max norm) after scaling, as
+        0-d tensors on the adapters' device: nothing here waits for the GPU (it runs every
+        step); the loop reads them at log intervals.
         """
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        scaled, norms = 0, []
         with torch.no_grad():
-            for m, norm in list(self.delta_norms()):
-                if norm > max_norm:
-                    factor = (max_norm / norm) ** 0.5
-                    m.down.mul_(factor)
-                    m.up.mul_(factor)
-                    scaled += 1
-                    norm = max_norm
-                norms.append(norm)
-        return scaled, sum(norms) / len(norms), max(norms)
+            norms = torch.stack([_delta(m).norm().float() for m in self.modules])
+            factors = (max_norm / norms).clamp(max=1.0).sqrt()
+            for m, factor in zip(self.modules, factors, strict=True):
+                m.down.mul_(factor.to(m.down.dtype))
+                m.up.mul_(factor.to(m.up.dtype))
+            after = norms.clamp(max=max_norm)
+        return (norms > max_norm).sum(), after.mean(), after.max()
 
     def set_scale(self, unet_scale: float, te_scale: float) -> None:
         """Strength multipliers (1.0 = as trained, 0.0 = base model) for evaluation."""

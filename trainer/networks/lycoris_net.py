@@ -233,27 +233,29 @@ class LycorisNetwork:
             {k: v.to(device, torch.float32) for k, v in state_dict.items()}, strict=True
         )
 
-    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+    def apply_max_norm(self, max_norm: float) -> tuple[torch.Tensor | float, ...]:
         """Cap each module's weight-delta norm at ``max_norm`` (LyCORIS' max-norm).
 
-        Returns (modules scaled, mean norm, max norm) after scaling. (IA)^3 defines no
+        Returns (modules scaled, mean norm, max norm) after scaling, as tensors read by the loop
+        at log intervals (LyCORIS' own per-module step still synchronises). (IA)^3 defines no
         max-norm: it returns (0, 0.0, 0.0) and says so once in the log.
         """
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        scaled, norms = 0, []
+        scaled, norms = [], []
         for module in self.net.unet_loras + self.net.text_encoder_loras:
             was_scaled, norm = module.apply_max_norm(max_norm, None)
             if was_scaled is None:
                 continue
-            scaled += int(was_scaled)
-            norms.append(float(norm))
+            scaled.append(torch.as_tensor(was_scaled).reshape(()).float())
+            norms.append(torch.as_tensor(norm).reshape(()).float())
         if not norms:
             if not self._max_norm_noted:
                 log.info("max-norm (scale_weight_norms) is not defined for %s", self.spec.type)
                 self._max_norm_noted = True
             return 0, 0.0, 0.0
-        return scaled, sum(norms) / len(norms), max(norms)
+        after = torch.stack(norms)
+        return torch.stack(scaled).sum(), after.mean(), after.max()
 
     def set_scale(self, unet_scale: float, te_scale: float) -> None:
         """Strength multipliers (1.0 = as trained, 0.0 = base model) for evaluation."""
