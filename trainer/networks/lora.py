@@ -340,17 +340,24 @@ class LoraNetwork:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
         with torch.no_grad():
             norms = torch.stack([_delta(m).norm().float() for m in self.modules])
-            factors = (max_norm / norms).clamp(max=1.0).sqrt()
+            # A norm within fp32 rounding of the cap is at the cap: a module capped by the last
+            # step is not scaled (nor counted) again.
+            over = norms > max_norm * (1 + CAP_TOLERANCE)
+            factors = torch.where(over, (max_norm / norms).sqrt(), torch.ones_like(norms))
             for m, factor in zip(self.modules, factors, strict=True):
                 m.down.mul_(factor.to(m.down.dtype))
                 m.up.mul_(factor.to(m.up.dtype))
-            after = norms.clamp(max=max_norm)
-        return (norms > max_norm).sum(), after.mean(), after.max()
+            after = torch.where(over, torch.full_like(norms, max_norm), norms)
+        return over.sum(), after.mean(), after.max()
 
     def set_scale(self, unet_scale: float, te_scale: float) -> None:
         """Strength multipliers (1.0 = as trained, 0.0 = base model) for evaluation."""
         for m in self.modules:
             m.layer.set_scale(ADAPTER_NAME, unet_scale if m.component == "unet" else te_scale)
+
+
+# Relative excess over the max-norm cap treated as rounding (fp32 norms of large deltas).
+CAP_TOLERANCE = 1e-5
 
 
 def _delta(m: AdaptedModule) -> torch.Tensor:
