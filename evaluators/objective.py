@@ -33,6 +33,15 @@ ADHERENCE_METRIC = "clip_t"
 # curve says nothing about over- or under-training).
 TIE_TOLERANCE = 1e-6
 TRAINING_STATES = {"over-trained": -1.0, "well-trained": 0.0, "under-trained": 1.0}
+# What Diagnosis.metrics() can hold: read from the strength grid, absent without it.
+DIAGNOSIS_METRICS = (
+    "best_strength",
+    "training_state",
+    "best_unet_strength",
+    "best_te_strength",
+    "suggested_unet_lr_factor",
+    "suggested_te_lr_factor",
+)
 # An epoch scored at strength 1.0 alone (``eval.grid_epochs`` skipped its strength grid).
 NOT_MEASURED = "not measured"
 

@@ -8,17 +8,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.callbacks import TRAINING_METRICS
 
-# Metrics the evaluator writes only for an epoch scored at every strength pair.
-GRID_METRICS = (
-    "eval/best_strength",
-    "eval/training_state",
-    "eval/best_unet_strength",
-    "eval/best_te_strength",
-    "eval/suggested_unet_lr_factor",
-    "eval/suggested_te_lr_factor",
-)
-
-
 # What the other training modes save per epoch (trainer/modes/): not something to hot-swap.
 SAVES = {
     "dreambooth": "whole checkpoints",
@@ -41,6 +30,7 @@ def evaluation_problems(cfg: DictConfig) -> list[str]:
     metrics = objective_metrics(cfg)
     if not needs_evaluation(metrics) or "eval" not in cfg:
         return []
+    from evaluators.objective import DIAGNOSIS_METRICS
     from evaluators.settings import eval_config_problems
 
     problems = eval_config_problems(cfg.eval)
@@ -56,7 +46,7 @@ def evaluation_problems(cfg: DictConfig) -> list[str]:
     grid_epochs = cfg.eval.get("grid_epochs", "best")
     if grid_epochs != "all":
         for i, metric in enumerate(metrics):
-            if "@" in metric or metric in GRID_METRICS:
+            if "@" in metric or metric.removeprefix("eval/") in DIAGNOSIS_METRICS:
                 problems.append(
                     f"search.metrics[{i}]: {metric!r} is only computed for epochs scored at "
                     f"every strength, and eval.grid_epochs is {grid_epochs!r}; set "

@@ -21,13 +21,12 @@ import optuna
 from omegaconf import DictConfig
 
 from sweeper.callbacks import (
-    TRAINING_METRICS,
     EpochLoss,
     LogMetrics,
     NonFiniteLossGuard,
     configured_callbacks,
 )
-from sweeper.checks import evaluation_problems
+from sweeper.checks import evaluation_problems, needs_evaluation
 from sweeper.search_config import SearchSettings, read_settings
 from sweeper.study import build_pruner, make_storage, storage_url
 from trainer.errors import LorasweepError
@@ -181,7 +180,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
         *configured_callbacks(cfg),
     ]
     evaluation = None
-    if any(m not in TRAINING_METRICS for m in settings.metrics):
+    if needs_evaluation(settings.metrics):
         from evaluators.callback import EvaluationCallback
 
         evaluation = EvaluationCallback(cfg)

@@ -155,42 +155,39 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(sha
     assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError")
 
 
-def test_a_bad_search_space_is_rejected_before_any_trial(shared, tmp_path):
+def _rejected_before_any_trial(shared, tmp_path, overrides: list[str], problems: list[str]):
+    """The sweep exits 2 naming every problem, with no storage and no trial folder."""
     data_dir, cache = shared
     sweep_dir = tmp_path / "sweep"
-    args = [
-        *tiny_overrides(data_dir, sweep_dir),
+    args = [*tiny_overrides(data_dir, sweep_dir), *overrides]
+    proc = run_sweep(args, sweep_env(tmp_path, cache), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for problem in problems:
+        assert problem in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "runs" / "lorasweep_optuna.db").exists()
+    assert not list(sweep_dir.glob("trial_*"))
+
+
+def test_a_bad_search_space_is_rejected_before_any_trial(shared, tmp_path):
+    overrides = [
         "search.params.network.dim.type=uniformm",
         # Merged into the default fraction_of spec: its `of` is unset with a null.
         "search.params.network.alpha={type:int,low:1,high:128,of:null}",
         "search.params.optimizer.unet_lr.low=0.1",
     ]
-    proc = run_sweep(args, sweep_env(tmp_path, cache), timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    for problem in (
+    problems = [
         "search.params.network.dim.type: unknown distribution 'uniformm'",
         "search.params.network.alpha: impossible alpha constraint",
         "search.params.optimizer.unet_lr: low 0.1 > high 0.001",
-    ):
-        assert problem in proc.stderr, proc.stderr[-3000:]
-    # Nothing ran: no storage written, no trial folder.
-    assert not (tmp_path / "runs" / "lorasweep_optuna.db").exists()
-    assert not list(sweep_dir.glob("trial_*"))
+    ]
+    _rejected_before_any_trial(shared, tmp_path, overrides, problems)
 
 
 def test_a_bad_eval_group_is_rejected_before_any_trial(shared, tmp_path):
-    data_dir, cache = shared
-    sweep_dir = tmp_path / "sweep"
-    args = [
-        *tiny_overrides(data_dir, sweep_dir),
-        "search.metrics=[eval/best_strength]",
-        "search.directions=[maximize]",
-        "eval.steps=0",
+    overrides = ["search.metrics=[eval/best_strength]", "search.directions=[maximize]"]
+    problems = [
+        "eval.steps: 0 is not allowed",
+        "search.metrics[0]: 'eval/best_strength'",
+        "eval.grid_epochs=all",
     ]
-    proc = run_sweep(args, sweep_env(tmp_path, cache), timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "eval.steps: 0 is not allowed" in proc.stderr, proc.stderr[-3000:]
-    assert "search.metrics[0]: 'eval/best_strength'" in proc.stderr
-    assert "eval.grid_epochs=all" in proc.stderr
-    assert not (tmp_path / "runs" / "lorasweep_optuna.db").exists()
-    assert not list(sweep_dir.glob("trial_*"))
+    _rejected_before_any_trial(shared, tmp_path, [*overrides, "eval.steps=0"], problems)

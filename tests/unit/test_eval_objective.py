@@ -99,3 +99,10 @@ def test_an_epoch_scored_at_one_strength_has_no_strength_reading():
     pairs = {(1.0, 1.0): 0.5, (0.5, 1.0): 0.7}
     d = diagnose(pairs, [1.0], [0.5, 1.0], [1.0])
     assert d.state == "not measured" and d.best_unet_strength == 0.5
+
+
+def test_the_list_of_grid_only_metrics_matches_what_a_diagnosis_writes():
+    from evaluators.objective import DIAGNOSIS_METRICS
+
+    d = diagnose(_grid(0.5, 1.0), [0.5, 1.0], [0.5, 1.0], [0.5, 1.0, 2.0])
+    assert set(d.metrics()) == set(DIAGNOSIS_METRICS)

@@ -126,3 +126,14 @@ def _example_key(state_dict: Mapping[str, torch.Tensor]) -> str:
         if not key.endswith(".alpha"):
             return key
     return next(iter(state_dict), "<empty>")
+
+
+def key_problems(got: set[str], expected: set[str], show: int = 10) -> list[str]:
+    """What differs between a file's keys and the network's, for a load error."""
+    problems = []
+    for label, keys in (("unexpected", got - expected), ("missing", expected - got)):
+        if keys:
+            names = sorted(keys)
+            more = f" (+{len(names) - show} more)" if len(names) > show else ""
+            problems.append(f"{len(names)} {label} key(s): {', '.join(names[:show])}{more}")
+    return problems

@@ -30,7 +30,7 @@ from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from trainer.errors import ConfigError, ModelLoadError
 from trainer.networks import kohya_format as kf
-from trainer.networks.detect import check_network_type
+from trainer.networks.detect import check_network_type, key_problems
 
 ADAPTER_NAME = "lorasweep"
 NETWORK_TYPES = ("lora", "locon")
@@ -307,7 +307,7 @@ class LoraNetwork:
         """
         check_network_type(state_dict, self.spec.type, source)
         expected = {k: m for m in self.modules for k in kf.lora_keys(m.kohya_name)}
-        problems = _key_problems(set(state_dict), set(expected))
+        problems = key_problems(set(state_dict), set(expected))
         for key, module in expected.items():
             if key in state_dict:
                 problems += _value_problems(key, state_dict[key], module)
@@ -376,16 +376,6 @@ def _value_problems(key: str, got: torch.Tensor, module: AdaptedModule) -> list[
     if tuple(got.shape) != tuple(want.shape):
         return [f"{key}: shape {tuple(got.shape)} != expected {tuple(want.shape)}"]
     return []
-
-
-def _key_problems(got: set[str], expected: set[str], show: int = 10) -> list[str]:
-    problems = []
-    for label, keys in (("unexpected", got - expected), ("missing", expected - got)):
-        if keys:
-            names = sorted(keys)
-            more = f" (+{len(names) - show} more)" if len(names) > show else ""
-            problems.append(f"{len(names)} {label} key(s): {', '.join(names[:show])}{more}")
-    return problems
 
 
 def network_config_problems(network_cfg: Any) -> list[str]:

@@ -29,7 +29,7 @@ from lycoris.kohya import LycorisNetworkKohya
 from torch import nn
 
 from trainer.errors import ModelLoadError
-from trainer.networks.detect import check_network_type
+from trainer.networks.detect import check_network_type, key_problems
 from trainer.networks.lycoris_config import LycorisSpec, resolve_lycoris_config
 from trainer.networks.lycoris_fixes import apply_fixes
 
@@ -220,7 +220,7 @@ class LycorisNetwork:
         and so must ``alpha`` / ``on_input`` (they fix the modules' scale and layout)."""
         check_network_type(state_dict, self.spec.type, source)
         own = self.net.state_dict()
-        problems = _key_problems(set(state_dict), set(own))
+        problems = key_problems(set(state_dict), set(own))
         for key in sorted(set(state_dict) & set(own)):
             problems += _value_problems(key, state_dict[key], own[key])
         if problems:
@@ -267,16 +267,6 @@ class LycorisNetwork:
     def restore(self) -> None:
         """Unhook every module: the UNet and text encoder compute as the base model again."""
         self.net.restore()
-
-
-def _key_problems(got: set[str], expected: set[str], show: int = 10) -> list[str]:
-    problems = []
-    for label, keys in (("unexpected", got - expected), ("missing", expected - got)):
-        if keys:
-            names = sorted(keys)
-            more = f" (+{len(names) - show} more)" if len(names) > show else ""
-            problems.append(f"{len(names)} {label} key(s): {', '.join(names[:show])}{more}")
-    return problems
 
 
 def _value_problems(key: str, got: torch.Tensor, want: torch.Tensor) -> list[str]:
