@@ -6,23 +6,51 @@ STAMP  := $(VENV)/.installed-stamp
 # Nothing in the demo or the tests may reach a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup demo ui test test-fast lint format clean
+.PHONY: help setup lock demo ui test test-fast lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## Create .venv and install everything (torch pinned to the CPU build 2.13.0)
+setup: $(STAMP) ## Create .venv and install exactly the lock file's versions (torch: CPU 2.13.0)
 
-# torch first, pinned: an unpinned torch (or a range admitting newer releases) would pull a
-# CUDA build with gigabytes of packages. open_clip_torch only provides the CLIP BPE vocabulary
-# file; its torchvision dependency has no CPU build here, so it goes in without dependencies.
-$(STAMP): pyproject.toml
+# Every package comes from requirements.lock at its exact version and sha256 (make lock writes
+# it; nothing else moves a version), installed with --no-deps so that pip resolves nothing.
+# torch is the exception: it is pinned here and left out of the lock, because its build differs
+# by machine (the local CPU wheel here, a CUDA build of the same version on a GPU machine) and so
+# would its hash; an unpinned torch (or a range admitting newer releases) would pull a CUDA build
+# with gigabytes of packages. open_clip_torch is locked without its dependencies
+# (requirements/nodeps.in): it only provides the CLIP BPE vocabulary file.
+LOCK  := requirements.lock
+TORCH := torch==2.13.0
+LOCK_PYTHON := 3.11
+
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; v == "$(LOCK_PYTHON)" or \
+		print("warning: $(LOCK) was compiled for Python $(LOCK_PYTHON); this is Python " + v)'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,sweep,face]'
-	$(BIN)/pip install --quiet --no-deps open_clip_torch==3.3.0
+	$(BIN)/pip install --quiet --no-deps $(TORCH)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolves every version from pyproject.toml (+ requirements/*.in) against the package index
+# of today, for CPython $(LOCK_PYTHON) on Linux x86_64, with sha256 hashes of every file of each
+# version. The only way a version moves: run it on purpose, then `make test`, then commit the
+# lock. torch is resolved from the local CPU wheel (/opt/wheels) so its own dependencies are
+# the CPU build's, and left out of the file.
+UV ?= $(BIN)/uv
+UV_COMPILE := $(UV) pip compile --quiet --python-version $(LOCK_PYTHON) \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --no-header
+lock: setup ## Re-resolve every version into requirements.lock (the only way versions move)
+	@{ echo "# The lock file of lorasweep: every package at its exact version and sha256."; \
+	   echo "# Written by 'make lock' (uv pip compile, CPython $(LOCK_PYTHON), Linux x86_64) from"; \
+	   echo "# pyproject.toml (all extras) + requirements/build.in, then requirements/nodeps.in"; \
+	   echo "# (installed without dependencies). torch is pinned in the Makefile ($(TORCH)). Do not edit."; \
+	   $(UV_COMPILE) pyproject.toml requirements/build.in --all-extras \
+		--find-links /opt/wheels --no-emit-package torch; \
+	   $(UV_COMPILE) requirements/nodeps.in --no-deps; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', run 'make test', commit it."
 
 # The real main job, small: an Optuna sweep of 4 trials with pruning on, over the default search
 # space, on the tiny model and the sample data, tracked in MLflow, then its research report.
