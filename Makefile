@@ -49,8 +49,9 @@ lock: setup ## Re-resolve every version into requirements.lock (the only way ver
 	   $(UV_COMPILE) pyproject.toml requirements/build.in --all-extras \
 		--find-links /opt/wheels --no-emit-package torch; \
 	   $(UV_COMPILE) requirements/nodeps.in --no-deps; } > $(LOCK).new
-	mv $(LOCK).new $(LOCK)
-	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', run 'make test', commit it."
+	@if cmp -s $(LOCK).new $(LOCK); then rm $(LOCK).new; echo "$(LOCK) is up to date."; \
+	else mv $(LOCK).new $(LOCK); \
+		echo "$(LOCK) rewritten: review 'git diff $(LOCK)', run 'make test', commit it."; fi
 
 # The real main job, small: an Optuna sweep of 4 trials with pruning on, over the default search
 # space, on the tiny model and the sample data, tracked in MLflow, then its research report.

@@ -18,14 +18,18 @@ set -euo pipefail
 WHEELS=.cache/gpu_wheels
 PART="${1:-}"
 
+# name==version of a package in the lock file (the versions the tests ran with).
+locked() { grep -E "^$1==" requirements.lock | cut -d' ' -f1; }
+
 fetch() {
     local pip="${PIP:-.venv/bin/python -m pip}"
     mkdir -p "$WHEELS"
     $pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 -d "$WHEELS" \
-        diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 open_clip_torch==3.3.0 peft==0.21.2
-    # antlr4-python3-runtime 4.9.3 (hydra's parser) is published as a source archive only.
-    $pip wheel --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3
+        "$(locked diffusers)" "$(locked hydra-core)" "$(locked omegaconf)" \
+        "$(locked open-clip-torch)" "$(locked peft)"
+    # antlr4-python3-runtime (hydra's parser) is published as a source archive only.
+    $pip wheel --no-deps -w "$WHEELS" "$(locked antlr4-python3-runtime)"
     ls -l "$WHEELS"
 }
 

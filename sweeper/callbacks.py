@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -53,20 +52,17 @@ class NonFiniteLossGuard(TrainingCallback):
 
 
 class EpochLoss(TrainingCallback):
-    """``results[epoch]["train/epoch_loss"]``: the mean logged training loss of each saved
-    epoch, in the same shape as the evaluators' results so a sweep may optimise either."""
+    """``results[epoch]["train/epoch_loss"]``: the loop's mean training loss over every
+    micro-batch of each saved epoch (:class:`~trainer.loop.train.EpochRecord`), in the same
+    shape as the evaluators' results so a sweep may optimise either. It does not depend on the
+    logging cadence (``train.log_every_n_steps``)."""
 
     def __init__(self) -> None:
-        self._losses: dict[int, list[float]] = defaultdict(list)
         self.results: dict[int, dict[str, float]] = {}
 
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        if "train/loss" in metrics:
-            self._losses[int(metrics.get("train/epoch", 0))].append(metrics["train/loss"])
-
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        losses = self._losses.get(epoch) or [float("nan")]
-        self.results[epoch] = {"train/epoch_loss": sum(losses) / len(losses)}
+    def on_epoch_end(self, record) -> None:
+        if record.path is not None:
+            self.results[record.epoch] = {"train/epoch_loss": record.loss}
 
 
 def configured_callbacks(cfg: DictConfig) -> list[TrainingCallback]:

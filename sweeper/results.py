@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from sweeper.lockfile import environment
+from sweeper.provenance import git_state
 from sweeper.study import count_states
 
 RESULTS_FILE = "optuna_results.yaml"
@@ -55,7 +57,24 @@ def trial_summary(trial: FrozenTrial, fixed: Sequence[str]) -> dict[str, Any]:
     return summary
 
 
-def summarize(study: optuna.Study, fixed: Sequence[str], n_trials: int, storage: str) -> dict:
+def run_environment(project_dir: str | Path) -> dict[str, str]:
+    """The code and the environment the sweep ran with: git commit (and whether the tree had
+    uncommitted changes), the lock file's sha256, any drift of the installed packages from it,
+    and the command that rebuilds that environment."""
+    git = git_state(project_dir)
+    env: dict[str, str] = {}
+    if git:
+        env |= {"git_commit": git["commit"], "git_dirty": git["dirty"]}
+    return env | environment(project_dir, git.get("commit"))
+
+
+def summarize(
+    study: optuna.Study,
+    fixed: Sequence[str],
+    n_trials: int,
+    storage: str,
+    env: dict[str, str] | None = None,
+) -> dict:
     trials = study.get_trials(deepcopy=False)
     multi = len(study.directions) > 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -67,6 +86,8 @@ def summarize(study: optuna.Study, fixed: Sequence[str], n_trials: int, storage:
         "n_trials": n_trials,
         "states": {k: v for k, v in count_states(study).items() if v},
     }
+    if env:
+        summary["environment"] = dict(env)
     if complete and multi:
         summary["pareto_front"] = [trial_summary(t, fixed) for t in study.best_trials]
     elif complete:
@@ -96,4 +117,7 @@ def print_summary(summary: dict, path: Path) -> None:
         )
     if not best:
         print("No trial completed.")
+    env = summary.get("environment") or {}
+    if env.get("lock_drift", "none") != "none":
+        print(f"Warning: installed packages differ from {env['lock_file']}: {env['lock_drift']}")
     print(f"Results: {path}")

@@ -27,7 +27,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from sweeper.checks import evaluation_problems
-from sweeper.results import RESULTS_FILE, print_summary, summarize, write_results
+from sweeper.results import (
+    RESULTS_FILE,
+    print_summary,
+    run_environment,
+    summarize,
+    write_results,
+)
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.study import (
@@ -167,7 +173,8 @@ class SweepRunner:
             self._loop(study, storage, settings, space, fixed, adaptive)
             failed = False
         finally:
-            summary = summarize(study, fixed, settings.n_trials, url)
+            env = run_environment(self.config.paths.project_dir)
+            summary = summarize(study, fixed, settings.n_trials, url, env)
             write_results(results_path, summary)
             print_summary(summary, results_path)
             finish_sweep_run(self.tracker, summary, results_path, failed=failed)

@@ -18,7 +18,6 @@ from trainer.models.loading import BUILT_IN_MODELS
 from trainer.modes.settings import mode_problems
 from trainer.speed import speed_problems
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "ia3", "dora")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 TOKEN_LENGTHS = (75, 150, 225)
@@ -81,20 +80,17 @@ def model_path_problem(path: str) -> str | None:
 
 
 def _model(cfg: DictConfig) -> list[str]:
-    m, problems = cfg.model, []
-    problem = model_path_problem(str(m.path))
+    """The loader's own reading of the ``model`` keys, plus whether the path exists."""
+    from trainer.models.loading import read_model_settings
+
+    problems = []
+    problem = model_path_problem(str(cfg.model.path))
     if problem:
         problems.append(problem)
-    _need(
-        m.prediction_type in PREDICTION_TYPES,
-        f"model.prediction_type: {m.prediction_type!r} is not one of {PREDICTION_TYPES}",
-        problems,
-    )
-    _need(
-        _is_int(m.clip_skip) and m.clip_skip >= 1,
-        f"model.clip_skip: {m.clip_skip!r} must be an integer >= 1",
-        problems,
-    )
+    try:
+        read_model_settings(cfg.model)
+    except ConfigError as err:
+        problems += [p for p in err.problems if not p.startswith("model.path")]
     return problems
 
 
@@ -171,42 +167,21 @@ def _train(cfg: DictConfig) -> list[str]:
 
 
 def _data_settings(cfg: DictConfig) -> list[str]:
+    """The data builder's own reading of the ``data`` keys (``DataOptions.from_config``:
+    folders, captions, buckets, augmentation), so that validation and the builder cannot
+    disagree, plus the text encoder's token length."""
+    from trainer.data.dataset import DataOptions
+
     d, problems = cfg.data, []
     _need(
         d.max_token_length in TOKEN_LENGTHS,
         f"data.max_token_length: {d.max_token_length!r} is not one of {TOKEN_LENGTHS}",
         problems,
     )
-    for key in ("resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
-        _need(
-            _is_int(d[key]) and d[key] >= 1,
-            f"data.{key}: {d[key]!r} must be an integer >= 1",
-            problems,
-        )
-    if not problems:
-        _need(
-            d.resolution % d.bucket_reso_steps == 0,
-            f"data.resolution: {d.resolution} is not a multiple of data.bucket_reso_steps "
-            f"({d.bucket_reso_steps})",
-            problems,
-        )
-        _need(
-            d.min_bucket_reso <= d.resolution <= d.max_bucket_reso,
-            f"data.resolution: {d.resolution} must lie within data.min_bucket_reso "
-            f"({d.min_bucket_reso}) and data.max_bucket_reso ({d.max_bucket_reso})",
-            problems,
-        )
-    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-        _need(
-            _is_number(d[key]) and 0 <= d[key] <= 1,
-            f"data.{key}: {d[key]!r} must be in [0, 1]",
-            problems,
-        )
-    _need(
-        _is_int(d.keep_tokens) and d.keep_tokens >= 0,
-        f"data.keep_tokens: {d.keep_tokens!r} must be an integer >= 0",
-        problems,
-    )
+    try:
+        DataOptions.from_config(d)
+    except ConfigError as err:
+        problems += err.problems
     return problems
 
 

@@ -16,6 +16,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.lockfile import environment
 from sweeper.provenance import data_hash_of, git_state, package_versions
 from sweeper.report.evaluation import (
     EvaluationOutputs,
@@ -128,6 +129,16 @@ def _ranked(trials: list[TrialInfo], directions: list[str]) -> list[TrialInfo]:
     return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:TOP_TRIALS]
 
 
+PROVENANCE_TAGS = (
+    "git.commit",
+    "git.dirty",
+    "lock.sha256",
+    "lock.drift",
+    "environment.rebuild",
+    "data.hash",
+)
+
+
 def _provenance(reader, run_id: str | None, config: dict | None) -> tuple[dict, dict, str]:
     """Tags of the best trial's run; recomputed now (and said so) without tracking."""
     tags = reader.tags(run_id) if reader is not None and run_id else {}
@@ -135,12 +146,19 @@ def _provenance(reader, run_id: str | None, config: dict | None) -> tuple[dict, 
         versions = {
             k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")
         }
-        prov = {k: tags[k] for k in ("git.commit", "git.dirty", "data.hash") if k in tags}
+        prov = {k: tags[k] for k in PROVENANCE_TAGS if k in tags}
         return prov, versions, "recorded by the best trial's MLflow run"
     prov: dict[str, str] = {}
     git = git_state(Path.cwd())
     if git:
         prov |= {"git.commit": git["commit"], "git.dirty": git["dirty"]}
+    env = environment(Path.cwd(), git.get("commit"))
+    if env:
+        prov |= {
+            "lock.sha256": env["lock_sha256"],
+            "lock.drift": env["lock_drift"],
+            "environment.rebuild": env["rebuild"],
+        }
     data = (config or {}).get("data")
     digest = data_hash_of(OmegaConf.create(data)) if data else None
     if digest:

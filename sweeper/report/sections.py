@@ -225,12 +225,35 @@ def reproduce(data: ReportData) -> Markup:
     ]
     prov = data.provenance
     dirty = " (with uncommitted changes)" if prov.get("git.dirty") == "true" else ""
+    drift = prov.get("lock.drift", "none")
     rows = [
         ("git commit", prov.get("git.commit", "unknown") + dirty),
+        ("lock file (requirements.lock) sha256", prov.get("lock.sha256", "unknown")),
+        ("installed packages vs the lock", "as locked" if drift == "none" else drift),
         ("data hash (sha256 of images + captions)", prov.get("data.hash", "unknown")),
         ("recorded", prov.get("source", "")),
     ]
     parts.append(table(["", ""], rows))
+    parts.append(
+        para(
+            "The environment: a clone of the project at that commit, then this command "
+            "(it installs the lock file's exact versions, and torch at the pinned version):"
+        )
+    )
+    commit = prov.get("git.commit", "<commit>")
+    parts.append(pre(prov.get("environment.rebuild") or f"git checkout {commit} && make setup"))
+    if dirty:
+        parts.append(
+            para("The tree had uncommitted changes: the commit alone does not rebuild it.", "warn")
+        )
+    if drift not in ("none", None):
+        parts.append(
+            para(
+                "The run's packages differed from the lock file (listed above): the rebuilt "
+                "environment is the locked one, not the one that ran.",
+                "warn",
+            )
+        )
     parts.append(heading("Package versions", 4))
     parts.append(table(["package", "version"], sorted(data.versions.items())))
     return join(parts)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sqlalchemy.engine import make_url
 
 from evaluators.results import mlflow_safe_name
+from sweeper.lockfile import environment
 from sweeper.provenance import data_hash_of, git_state, package_versions
 from trainer.errors import ConfigError
 
@@ -131,7 +132,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def provenance_tags(cfg: DictConfig) -> dict[str, str]:
-    """Git commit (also as MLflow's own source tag), package versions, data hash."""
+    """Git commit (also as MLflow's own source tag), package versions, the lock file's digest
+    (and any drift of the installed packages from it), the environment's rebuild command,
+    data hash."""
     tags: dict[str, str] = {}
     project_dir = OmegaConf.select(cfg, "paths.project_dir", default=".")
     git = git_state(project_dir)
@@ -139,6 +142,13 @@ def provenance_tags(cfg: DictConfig) -> dict[str, str]:
         tags |= {"git.commit": git["commit"], "git.dirty": git["dirty"]}
         tags["mlflow.source.git.commit"] = git["commit"]
     tags |= {f"version.{name}": v for name, v in package_versions().items()}
+    env = environment(project_dir, git.get("commit"))
+    if env:
+        tags |= {
+            "lock.sha256": env["lock_sha256"],
+            "lock.drift": env["lock_drift"][:5000],  # MLflow's tag value limit is 8000
+            "environment.rebuild": env["rebuild"],
+        }
     digest = data_hash_of(cfg.data) if "data" in cfg else None
     if digest:
         tags["data.hash"] = digest

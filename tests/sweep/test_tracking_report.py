@@ -8,6 +8,7 @@ evaluation prompt carries a ``<script>`` tag: the report must show it escaped.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import re
@@ -30,6 +31,7 @@ from sweeper.report.render import SECTION_IDS
 pytestmark = pytest.mark.slow
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+LOCK_DIGEST = hashlib.sha256((PROJECT_DIR / "requirements.lock").read_bytes()).hexdigest()
 SCRIPT = "<script>document.title='pwned'</script>"
 PROMPT = f"{SCRIPT} a photo of {{trigger}}"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,6 +118,14 @@ def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+def test_results_file_records_the_code_and_the_environment(sweep):
+    env = sweep.summary["environment"]
+    assert len(env["git_commit"]) == 40 and env["git_dirty"] in ("true", "false")
+    assert env["lock_file"] == "requirements.lock" and env["lock_sha256"] == LOCK_DIGEST
+    assert env["lock_drift"] == "none"
+    assert env["rebuild"] == f"git checkout {env['git_commit']} && make setup"
+
+
 def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
     client, study = sweep.client, sweep.study
     experiment = client.get_experiment_by_name(study.study_name)  # one experiment per study
@@ -148,6 +158,8 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
         assert len(tags["git.commit"]) == 40
         assert tags["version.torch"].startswith("2.13.0") and "version.mlflow" in tags
         assert tags["data.hash"] == digest
+        assert tags["lock.sha256"] == LOCK_DIGEST and tags["lock.drift"] == "none"
+        assert tags["environment.rebuild"] == f"git checkout {tags['git.commit']} && make setup"
         # params: the flattened resolved config and the sampled values
         assert params["model.name"] == "tiny" and params["train.max_train_epochs"] == "2"
         assert params["data.dir"] == str(sweep.data_dir)
@@ -197,6 +209,10 @@ def test_report_shows_every_section_and_escapes_user_text(sweep):
     assert "<script" not in page.lower()
     assert html.escape(SCRIPT, quote=True) in page  # the prompt, escaped
     assert sweep.study.study_name in page
+    # How to rebuild the environment, next to the training command, and the lock's digest.
+    commit = sweep.summary["environment"]["git_commit"]
+    assert html.escape(f"git checkout {commit} && make setup") in page
+    assert LOCK_DIGEST in page
     best = sweep.study.best_trial
     assert repr(best.value) in page
     parent = sweep.study.user_attrs["mlflow_parent_run_id"]

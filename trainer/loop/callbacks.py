@@ -21,8 +21,11 @@ class TrainingCallback:
     """Override what you need; every hook is optional.
 
     ``on_step`` gets the metrics of one optimizer step (``train/loss``, ``train/lr_unet``, ...).
-    ``on_epoch_saved`` gets the file written for a saved epoch; it may evaluate the file and
-    raise :class:`StopTraining` to end the run there.
+    ``on_epoch_end`` gets every finished epoch's :class:`~trainer.loop.train.EpochRecord`
+    (the loop's mean loss over all its micro-batches, the steps, the file if one was saved);
+    every callback hears it before any hears ``on_epoch_saved``. ``on_epoch_saved`` gets the
+    file written for a saved epoch; it may evaluate the file and raise :class:`StopTraining` to
+    end the run there.
     """
 
     def on_train_start(self, info: dict) -> None:
@@ -30,6 +33,9 @@ class TrainingCallback:
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each optimizer step."""
+
+    def on_epoch_end(self, record) -> None:
+        """Called after every epoch with its :class:`~trainer.loop.train.EpochRecord`."""
 
     def on_epoch_saved(self, epoch: int, path: Path) -> None:
         """Called after an epoch's adapter file is written."""

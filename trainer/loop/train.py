@@ -1,9 +1,15 @@
 """The training loop: one fixed order per step, nothing else.
 
 Order per optimizer step: encode captions -> noise and timesteps -> UNet forward -> weighted
-loss -> backward (accumulated) -> clip -> optimizer and LR step -> max-norm -> log. After each
-epoch chosen by ``save_every_n_epochs`` (and always the last) the adapter file is written and
-the callbacks hear of it. The loop receives built objects; it never reads the config tree.
+loss -> backward (accumulated) -> clip -> optimizer and LR step -> max-norm -> log. An epoch
+whose batch count is not a multiple of ``gradient_accumulation_steps`` ends with a step on the
+remainder, its gradient the mean over the micro-batches actually accumulated (as kohya and
+accelerate do), so every epoch takes ``ceil(batches / accumulation)`` steps, the plan of
+:func:`plan_length` and of the LR schedule, and no micro-batch leaks into the next epoch.
+After each epoch the callbacks get its :class:`EpochRecord` (the mean loss over every
+micro-batch, the steps taken, the file when one was saved); after each epoch chosen by
+``save_every_n_epochs`` (and always the last) the adapter file is written first. The loop
+receives built objects; it never reads the config tree.
 """
 
 from __future__ import annotations
@@ -58,6 +64,24 @@ class SavedEpoch:
     path: Path
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    """What the loop knows of one finished epoch, handed to every callback
+    (:meth:`~trainer.loop.callbacks.TrainingCallback.on_epoch_end`) before ``on_epoch_saved``.
+
+    ``loss``: the mean training loss over every micro-batch of the epoch (not only the logged
+    steps); ``path``: the adapter file written for it, None when the epoch was not saved.
+    """
+
+    epoch: int
+    step: int
+    loss: float
+    micro_batches: int
+    optimizer_steps: int
+    path: Path | None = None
+    is_last: bool = False
+
+
 @dataclass
 class TrainResult:
     saved: list[SavedEpoch] = field(default_factory=list)
@@ -65,6 +89,8 @@ class TrainResult:
     epochs_done: int = 0
     last_loss: float = float("nan")
     mean_loss_last_epoch: float = float("nan")
+    # epoch -> mean loss over all of its micro-batches (EpochRecord.loss).
+    epoch_losses: dict[int, float] = field(default_factory=dict)
     stopped_early: str | None = None
     pruned: bool = False  # stopped by a pruner (StopTraining(pruned=True))
     seconds: float = 0.0
@@ -156,56 +182,84 @@ def run_training(
     if settings.train_text_encoder:
         components.text_encoder.train()
     optimizer.zero_grad(set_to_none=True)
+    accumulation = settings.gradient_accumulation_steps
+
+    def optimizer_step(epoch: int, loss: torch.Tensor, accumulated: int) -> None:
+        if accumulated != accumulation:
+            # The epoch's remainder: each micro-batch loss was divided by the full accumulation
+            # count; rescale so the gradient is the mean over the ones actually accumulated.
+            for p in trainable:
+                if p.grad is not None:
+                    p.grad.mul_(accumulation / accumulated)
+        metrics = _optimizer_step(optimizer, lr_scheduler, network, trainable, scaler, settings)
+        result.global_step += 1
+        if result.global_step % settings.log_every_n_steps == 0 or (
+            result.global_step == settings.max_steps
+        ):
+            # Reading the loss forces a host sync: do it only at log intervals.
+            result.last_loss = float(loss.detach())
+            metrics = {
+                "train/loss": result.last_loss,
+                **{k: float(v) for k, v in metrics.items()},
+                **lr_metrics(optimizer),
+                "train/epoch": float(epoch),
+            }
+            bar.set_postfix(loss=f"{result.last_loss:.4f}", epoch=epoch)
+            for cb in callbacks:
+                cb.on_step(result.global_step, metrics)
+        bar.update(1)
+
     for epoch in range(1, settings.epochs + 1):
-        epoch_losses: list[float] = []
+        # The epoch's loss sum stays on the device: one host sync per epoch, at its end.
+        loss_sum = torch.zeros((), device=device)
         micro = 0
+        steps_before = result.global_step
+        loss = None
         for batch in data.batches(epoch):
             latents = to_device(batch["latents"], device)
             with _autocast(device, settings.autocast_dtype):
                 loss = _batch_loss(
                     batch, latents, unet, scheduler, conditioner, settings, generator, device
                 )
-            scaled = loss / settings.gradient_accumulation_steps
+            scaled = loss / accumulation
             (scaler.scale(scaled) if scaler else scaled).backward()
             micro += 1
-            epoch_losses.append(loss.detach())
-            if micro % settings.gradient_accumulation_steps:
+            loss_sum += loss.detach().float()
+            if micro % accumulation:
                 continue
-            metrics = _optimizer_step(
-                optimizer, lr_scheduler, network, trainable, scaler, settings
-            )
-            result.global_step += 1
-            if result.global_step % settings.log_every_n_steps == 0 or (
-                result.global_step == settings.max_steps
-            ):
-                # Reading the loss forces a host sync: do it only at log intervals.
-                result.last_loss = float(loss.detach())
-                metrics = {
-                    "train/loss": result.last_loss,
-                    **{k: float(v) for k, v in metrics.items()},
-                    **lr_metrics(optimizer),
-                    "train/epoch": float(epoch),
-                }
-                bar.set_postfix(loss=f"{result.last_loss:.4f}", epoch=epoch)
-                for cb in callbacks:
-                    cb.on_step(result.global_step, metrics)
-            bar.update(1)
+            optimizer_step(epoch, loss, accumulation)
             if result.global_step >= settings.max_steps:
                 break
+        if micro % accumulation and result.global_step < settings.max_steps:
+            optimizer_step(epoch, loss, micro % accumulation)
+        optimizer.zero_grad(set_to_none=True)  # nothing carries into the next epoch
         result.epochs_done = epoch
-        if epoch_losses:
-            result.mean_loss_last_epoch = float(torch.stack(epoch_losses).float().mean())
+        mean_loss = float(loss_sum / micro) if micro else float("nan")
+        result.epoch_losses[epoch] = result.mean_loss_last_epoch = mean_loss
         is_last = epoch == settings.epochs or result.global_step >= settings.max_steps
+        path = None
         if is_last or epoch % settings.save_every_n_epochs == 0:
             path = save_epoch(epoch, result.global_step, is_last)
             result.saved.append(SavedEpoch(epoch, result.global_step, path))
-            try:
+        record = EpochRecord(
+            epoch=epoch,
+            step=result.global_step,
+            loss=mean_loss,
+            micro_batches=micro,
+            optimizer_steps=result.global_step - steps_before,
+            path=path,
+            is_last=is_last,
+        )
+        try:
+            for cb in callbacks:
+                cb.on_epoch_end(record)
+            if path is not None:
                 for cb in callbacks:
                     cb.on_epoch_saved(epoch, path)
-            except StopTraining as stop:
-                result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
-                result.pruned = stop.pruned
-                break
+        except StopTraining as stop:
+            result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
+            result.pruned = stop.pruned
+            break
         if is_last:
             break
     bar.close()
