@@ -14,6 +14,7 @@ from sweeper.results import reproduce_command
 from sweeper.search_config import SearchSettings
 from sweeper.trial import MetricNotFoundError, NoObjectiveError, OptunaReporter
 from trainer.loop.callbacks import StopTraining
+from trainer.loop.train import EpochRecord
 
 
 def settings(metrics=("eval/objective",), directions=("minimize",)) -> SearchSettings:
@@ -122,12 +123,13 @@ def test_training_callbacks_guard_nan_and_average_epoch_loss():
     guard.on_step(1, {"train/loss": 0.5})
     with pytest.raises(TrainingDivergedError, match=r"non-finite training loss \(nan\) at step 2"):
         guard.on_step(2, {"train/loss": math.nan})
+    # The epoch loss is the loop's (EpochRecord.loss, the mean over every micro-batch), not
+    # the logged steps'; epochs that were not saved give no result.
     losses = EpochLoss()
-    for step, (loss, epoch) in enumerate([(1.0, 1), (3.0, 1), (0.5, 2)], start=1):
-        losses.on_step(step, {"train/loss": loss, "train/epoch": float(epoch)})
-    losses.on_epoch_saved(1, Path("e1"))
-    losses.on_epoch_saved(2, Path("e2"))
-    assert losses.results == {1: {"train/epoch_loss": 2.0}, 2: {"train/epoch_loss": 0.5}}
+    losses.on_step(1, {"train/loss": 9.0, "train/epoch": 1.0})  # a logged step: not used
+    for epoch, loss, path in [(1, 2.0, Path("e1")), (2, 0.7, None), (3, 0.5, Path("e3"))]:
+        losses.on_epoch_end(EpochRecord(epoch, 4 * epoch, loss, 8, 4, path, epoch == 3))
+    assert losses.results == {1: {"train/epoch_loss": 2.0}, 3: {"train/epoch_loss": 0.5}}
 
 
 def test_reproduce_command_keeps_the_experiment_and_drops_the_sweep():

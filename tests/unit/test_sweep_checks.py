@@ -41,7 +41,12 @@ def test_no_eval_check_when_the_objective_is_a_training_metric(compose):
 
 @pytest.mark.parametrize("train", ["dreambooth", "textual_inversion"])
 def test_modes_that_save_no_lora_need_a_training_metric(compose, train):
-    problems = evaluation_problems(compose(f"train={train}"))
+    # Alone, the train group scores its runs by the training loss (train.score_metrics).
+    alone = compose(f"train={train}")
+    assert list(alone.search.metrics) == ["train/epoch_loss"]
+    assert list(alone.search.directions) == ["minimize"]
+    assert evaluation_problems(alone) == []
+    problems = evaluation_problems(compose(f"train={train}", "search.metrics=[eval/objective]"))
     assert len(problems) == 1
     assert (
         f"train.mode={train}" in problems[0] and "search.metrics=[train/epoch_loss]" in problems[0]
