@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from sweeper.study import count_states
+from trainer.atomic_write import write_text
 
 RESULTS_FILE = "optuna_results.yaml"
 # Overrides that only steer the sweep: a single run does not need them.
@@ -76,9 +77,7 @@ def summarize(study: optuna.Study, fixed: Sequence[str], n_trials: int, storage:
 
 
 def write_results(path: Path, summary: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(summary), path)
-    return path
+    return write_text(path, OmegaConf.to_yaml(OmegaConf.create(summary)))
 
 
 def print_summary(summary: dict, path: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from trainer.atomic_write import write_bytes
 from trainer.errors import ModelLoadError
 
 UNET_PREFIX = "lora_unet"
@@ -100,8 +101,8 @@ def save_lora(
     """Write a kohya LoRA ``.safetensors`` file; return its ``sshs_model_hash``.
 
     ``metadata`` values must all be ``str`` (safetensors stores a str -> str map); the hash of
-    the tensor payload is added as ``sshs_model_hash``. The file is written to a temporary
-    name and renamed, so a crash never leaves a truncated LoRA under ``path``.
+    the tensor payload is added as ``sshs_model_hash``. The file is written atomically
+    (:mod:`trainer.atomic_write`): a crash or a full disk never leaves a truncated LoRA.
     """
     bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
     if bad:
@@ -111,10 +112,7 @@ def save_lora(
     path = Path(path)
     model_hash = tensor_payload_sha256(state_dict)
     blob = _serialise(state_dict, {**metadata, HASH_KEY: model_hash})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_bytes(path, blob)
     return model_hash
 
 
