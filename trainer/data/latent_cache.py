@@ -32,7 +32,7 @@ from trainer.data.images import apply_geometry, load_rgb, to_tensor
 log = logging.getLogger(__name__)
 
 # Bump when the pixels fed to the VAE change for the same key (decoding, resampling, range).
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: 16-bit, float and premultiplied images decoded right
 _TENSOR_NAME = "latent"
 _vae_identities: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
