@@ -121,3 +121,22 @@ def test_a_training_run_writes_every_file_with_the_umask_mode(compose, tmp_path,
     assert any("latents" in p.parts for p in written)
     assert {str(p.relative_to(tmp_path)): oct(mode(p)) for p in written if mode(p) != 0o640} == {}
     assert not [p for p in written if p.name.endswith(".tmp")]
+
+
+def test_tools_on_a_full_disk_exit_1_naming_the_file_and_keep_the_old_one(
+    tiny, tmp_path, full_disk, capsys
+):
+    base, tuned, lora = (tmp_path / f"{n}.safetensors" for n in ("base", "tuned", "lora"))
+    save_single_file(tiny, base)
+    save_single_file(build_tiny_components(seed=1), tuned)
+    extract = ["extract", "--base", str(base), "--tuned", str(tuned), "--out", str(lora)]
+    assert tools_main([*extract, "--dim", "1", "--config", "tiny"]) == 0
+    before = lora.read_bytes()
+    full_disk()
+    assert tools_main([*extract, "--dim", "2", "--config", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: [Errno 28] No space left on device: cannot write {lora}" in err
+    assert lora.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "base.safetensors", "lora.safetensors", "tuned.safetensors"
+    ]  # fmt: skip
