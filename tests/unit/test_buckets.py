@@ -166,3 +166,18 @@ def test_images_enlarged_or_cropped_much_are_counted_with_examples():
     assert cropped.startswith("1 of 6 images keep less than 50% of their area")
     assert "pano.png 1500x500 in bucket 512x512: 33% kept" in cropped
     assert geometry_notes(images[:2]) == []
+
+
+def test_a_huge_max_bucket_reso_adds_nothing_and_walks_only_possible_widths(monkeypatch):
+    import trainer.data.buckets as buckets
+
+    walked = []
+
+    def recording_range(*args):
+        walked.append(len(range(*args)))
+        return range(*args)
+
+    monkeypatch.setattr(buckets, "range", recording_range, raising=False)
+    huge = make_buckets(512, 256, 10**7, 64)
+    assert walked == [13]  # widths 256..1024: wider ones leave no height >= 256
+    assert huge == make_buckets(512, 256, 1024, 64)

@@ -125,7 +125,9 @@ def make_buckets(resolution: Size | int, min_reso: int, max_reso: int, step: int
     max_area = width * height
     square = math.isqrt(max_area) // step * step
     buckets = {(square, square)}
-    for w in range(min_reso, max_reso + 1, step):
+    # Past max_area // min_reso no height is tall enough: stop there, however large
+    # max_reso is (data.max_bucket_reso=10**9 would otherwise loop 10**8 times).
+    for w in range(min_reso, min(max_reso, max_area // min_reso) + 1, step):
         h = min(max_reso, max_area // w // step * step)
         if h >= min_reso:
             buckets.add((w, h))
