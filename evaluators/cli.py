@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.atomic_write import write_text
 from trainer.errors import LorasweepError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -104,8 +105,8 @@ def run(argv: Sequence[str]) -> list:
             print(f"{e.lora_path.name}: {note}")
     if callback.output_dir is not None:
         summary = callback.output_dir / "summary.json"
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(
+        write_text(
+            summary,
             json.dumps(
                 {
                     "files": {
@@ -115,7 +116,7 @@ def run(argv: Sequence[str]) -> list:
                     "best_epoch": callback.best_epoch,
                 },
                 indent=2,
-            )
+            ),
         )
         print(f"metrics and grids: {callback.output_dir}")
     return evaluations

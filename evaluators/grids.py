@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from trainer.atomic_write import atomic_path
+
 _BACKGROUND = (255, 255, 255)
 _TEXT = (0, 0, 0)
 _LABEL_H = 16
@@ -109,6 +111,6 @@ def labelled_grid(
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

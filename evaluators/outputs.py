@@ -20,6 +20,7 @@ from PIL import Image
 
 from evaluators.grids import labelled_grid, save_png, strip
 from evaluators.results import EpochEvaluation
+from trainer.atomic_write import write_text
 
 RANDOM_SUFFIX = "-RANDOM_WEIGHTS"
 
@@ -58,9 +59,8 @@ def write_metrics(evaluation: EpochEvaluation, out_dir: Path) -> Path:
         "seconds": evaluation.seconds,
     }
     folder = epoch_dir(out_dir, evaluation.epoch)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / _name("metrics", ".json", evaluation.random_weights)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False))
     return path
 
 

@@ -18,6 +18,11 @@ from trainer.errors import ConfigError
 METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRID_EPOCHS = ("best", "last", "all", "none")
+# Every generated image of an epoch is held for scoring and the grids (prompts x images x
+# strength pairs x checkpoints): 100 per prompt is far past any evaluation recipe (DreamBench
+# uses 4). Samplers cannot take more steps than the 1000 timesteps SD 1.x was trained on.
+MAX_IMAGES_PER_PROMPT = 100
+MAX_SAMPLING_STEPS = 1000
 CHECKPOINT_KEYS = (
     "path",
     "name",
@@ -117,10 +122,10 @@ class _Checker:
     def get(self, key: str, default: Any) -> Any:
         return self.raw.get(key, default)
 
-    def int_at_least(self, key: str, default: int, low: int) -> int:
+    def int_at_least(self, key: str, default: int, low: int, high: int | None = None) -> int:
         value = self.get(key, default)
-        if not _is_int(value) or value < low:
-            self.bad(key, value, f"an integer >= {low}")
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            self.bad(key, value, f"an integer >= {low}" + (f" and <= {high}" if high else ""))
             return default
         return value
 
@@ -234,10 +239,12 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
         prompts=_read_prompts(c),
         negative_prompt=c.optional_str("negative_prompt") or "",
         seed=c.int_at_least("seed", d.seed, 0),
-        images_per_prompt=c.int_at_least("images_per_prompt", d.images_per_prompt, 1),
+        images_per_prompt=c.int_at_least(
+            "images_per_prompt", d.images_per_prompt, 1, MAX_IMAGES_PER_PROMPT
+        ),
         batch_size=c.int_at_least("batch_size", d.batch_size, 1),
         sampler=c.choice("sampler", d.sampler, SAMPLERS),
-        steps=c.int_at_least("steps", d.steps, 1),
+        steps=c.int_at_least("steps", d.steps, 1, MAX_SAMPLING_STEPS),
         guidance_scale=c.number("guidance_scale", d.guidance_scale, 0.0),
         width=width if _is_int(width) else None,
         height=height if _is_int(height) else None,

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sweeper.lockfile import environment
 from sweeper.provenance import git_state
 from sweeper.study import count_states
+from trainer.atomic_write import write_text
 
 RESULTS_FILE = "optuna_results.yaml"
 # Overrides that only steer the sweep: a single run does not need them.
@@ -97,9 +98,7 @@ def summarize(
 
 
 def write_results(path: Path, summary: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(summary), path)
-    return path
+    return write_text(path, OmegaConf.to_yaml(OmegaConf.create(summary)))
 
 
 def print_summary(summary: dict, path: Path) -> None:

@@ -38,6 +38,9 @@ SEARCH_KEYS = (
     "params",
 )
 RANGE_FIELDS = ("key", "type", "log", "step", "skip_if_adaptive")
+# A grid larger than this is a typo (a step of 1 over a huge range), not a plan: 10,000 trials
+# of even a one-minute training run take a week of GPU time.
+MAX_GRID_TRIALS = 10_000
 _ABSENT = object()
 
 
@@ -231,15 +234,37 @@ def build_search_space(
     _check_alpha(kept, cfg, problems)
     _check_fractions(kept, cfg, problems)
     if (s.get("sampler") or {}).get("name") == "grid":
-        for param in kept:
-            if param.grid_values() is None:
-                problems.append(
-                    f"{param.where}: the grid sampler needs a finite set of values: give "
-                    "`choices`, or a `step` for a float range"
-                )
+        problems += _grid_problems(kept)
     if problems:
         raise ConfigError(problems)
     return ordered(kept)
+
+
+def _grid_problems(params: list[Param]) -> list[str]:
+    """A grid must be finite and small enough to list: Optuna's GridSampler materialises every
+    combination up front, and each one is a whole training run."""
+    problems, total = [], 1
+    for param in params:
+        size = param.grid_size()
+        if size is None:
+            problems.append(
+                f"{param.where}: the grid sampler needs a finite set of values: give "
+                "`choices`, or a `step` for a float range"
+            )
+        elif size > MAX_GRID_TRIALS:
+            problems.append(
+                f"{param.where}: {size:,} grid values; at most {MAX_GRID_TRIALS:,} are allowed "
+                "(each is at least one training run): raise `step` or narrow the range"
+            )
+        else:
+            total *= size
+    if not problems and total > MAX_GRID_TRIALS:
+        sizes = ", ".join(f"{p.key}: {p.grid_size():,}" for p in params)
+        problems.append(
+            f"search.params: the grid has {total:,} combinations ({sizes}); at most "
+            f"{MAX_GRID_TRIALS:,} are allowed (each is a training run): use fewer values"
+        )
+    return problems
 
 
 def _category_params(cfg: DictConfig, mapping: Mapping, problems: list[str]) -> dict:

@@ -69,15 +69,25 @@ class Param:
     def _step(self, default):
         return default if self.step is None else int(self.step)
 
+    def grid_size(self) -> int | None:
+        """How many values a grid sampler walks (counted, not listed), or None when open."""
+        if self.choices is not None:
+            return len(self.choices)
+        if self.type == "int":
+            return max(0, (int(self.high) - int(self.low)) // self._step(1) + 1)
+        if self.step is not None:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return None
+
     def grid_values(self) -> list | None:
-        """The finite list of values a grid sampler walks, or None when the range is open."""
+        """The finite list of values a grid sampler walks, or None when the range is open.
+        Call it after :meth:`grid_size` was checked: a range can hold billions of values."""
         if self.choices is not None:
             return list(self.choices)
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, self._step(1)))
         if self.step is not None:
-            count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-            return [self.low + i * self.step for i in range(count)]
+            return [self.low + i * self.step for i in range(self.grid_size())]
         return None
 
     def bounds(self) -> tuple[float, float] | None:

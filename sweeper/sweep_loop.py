@@ -67,6 +67,10 @@ class SweepAbortedError(LorasweepError):
     """Too many trials failed (``search.max_failure_rate``), or the objective is misnamed."""
 
 
+class ResultsNotWrittenError(Exception):
+    """The results file could not be written (a full disk ...); the study itself is intact."""
+
+
 class Heartbeat:
     """Records a heartbeat for the given trials every ``interval`` s while a batch runs."""
 
@@ -175,7 +179,16 @@ class SweepRunner:
         finally:
             env = run_environment(self.config.paths.project_dir)
             summary = summarize(study, fixed, settings.n_trials, url, env)
-            write_results(results_path, summary)
+            try:
+                write_results(results_path, summary)
+            except OSError as err:
+                finish_sweep_run(self.tracker, summary, None, failed=True)
+                raise ResultsNotWrittenError(
+                    f"the results file was not written: {err}. The study {name!r} in {url} is "
+                    "intact (every finished trial is kept): free some space, then run the same "
+                    "command again (it resumes the study and writes the file), or read it with "
+                    f"`python -m sweeper.report --study {name}`"
+                ) from err
             print_summary(summary, results_path)
             finish_sweep_run(self.tracker, summary, results_path, failed=failed)
         return summary

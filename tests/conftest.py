@@ -57,3 +57,60 @@ def compose(tmp_path):
             return hydra_compose(config_name="config", overrides=[*base, *overrides])
 
     return _compose
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk()`` makes every file write fail with ENOSPC after storing part of its data:
+    writes through the project's atomic helper, safetensors' ``save_file``, ``torch.save`` and
+    PIL's ``Image.save`` (what a disk that fills up mid-write does)."""
+    import errno
+
+    import safetensors.torch
+    from PIL import Image
+
+    from trainer import atomic_write
+
+    def enospc():
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class HalfWritten:
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, data):
+            self.real.write(data[: len(data) // 2])
+            raise enospc()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.real.close()
+
+    def library_writer(target_index: int):
+        def write(*args, **kwargs):
+            with open(args[target_index], "wb") as f:
+                f.write(b"\0" * 16)
+            raise enospc()
+
+        return write
+
+    def activate() -> None:
+        real_open = open
+        monkeypatch.setattr(
+            atomic_write, "open", lambda *a, **k: HalfWritten(real_open(*a, **k)), raising=False
+        )
+        monkeypatch.setattr(safetensors.torch, "save_file", library_writer(1))
+        monkeypatch.setattr(torch, "save", library_writer(1))
+        monkeypatch.setattr(Image.Image, "save", library_writer(1))
+
+    return activate
+
+
+@pytest.fixture
+def umask():
+    """``umask(value)`` sets the process umask (0o022 to start with) until the test ends."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)

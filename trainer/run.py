@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.atomic_write import write_text
 from trainer.data.dataset import build_training_data
 from trainer.device import SAVE_DTYPES, autocast_dtype, make_deterministic, resolve_device
 from trainer.loop.callbacks import TrainingCallback
@@ -111,7 +112,7 @@ def train_from_config(
         autocast_dtype=autocast,
         progress_bar=tc.progress_bar,
     )
-    OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
+    write_text(output_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     session_id = uuid.uuid4().int % (2**31)
     meta_base = _metadata_base(cfg, data, optimizer, epochs, max_steps, started_at, session_id)
     meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args

@@ -22,6 +22,9 @@ NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "ia3", "dora")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 TOKEN_LENGTHS = (75, 150, 225)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A file name is at most 255 bytes on common file systems; the longest suffix the project
+# appends to run_name is "-000001-emb.safetensors" (23 bytes).
+MAX_NAME_BYTES = 200
 
 
 def validate_run(
@@ -33,7 +36,9 @@ def validate_run(
     ``eval`` and ``search`` groups, which the trainer does not know), reported together.
     """
     problems: list[str] = []
-    checks = (_model, _network, _train, _data_settings, _optimizer, _scheduler, *extra_checks)
+    checks = (
+        _outputs, _model, _network, _train, _data_settings, _optimizer, _scheduler, *extra_checks
+    )  # fmt: skip
     for check in checks:
         try:
             problems += check(cfg)
@@ -77,6 +82,38 @@ def model_path_problem(path: str) -> str | None:
         f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', a "
         ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
     )
+
+
+def file_name_problem(key: str, value, what: str) -> str | None:
+    """Why ``value`` cannot be the name of one file inside the run folder, or None.
+
+    It must stay inside that folder: no path separator, not hidden (so not ``.``/``..``), no
+    control character, and short enough for the file system once suffixes are added.
+    """
+    allowed = (
+        "allowed: one file name without '/', '\\', control characters or a leading '.', at "
+        f"most {MAX_NAME_BYTES} bytes (e.g. lora_AdamW)"
+    )
+    if not isinstance(value, str) or not value.strip():
+        return f"{key}: {value!r} names {what}; {allowed}"
+    if (
+        any(sep in value for sep in ("/", "\\"))
+        or value.startswith(".")
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
+        return f"{key}: {value!r} names {what} and would leave it or break it; {allowed}"
+    return None
+
+
+def _outputs(cfg: DictConfig) -> list[str]:
+    problem = file_name_problem(
+        "run_name",
+        cfg.run_name,
+        "the run's output files (<run_name>-<epoch>.safetensors in the run folder; by default "
+        "${train.output_prefix}_${optimizer.name})",
+    )
+    return [problem] if problem else []
 
 
 def _model(cfg: DictConfig) -> list[str]:

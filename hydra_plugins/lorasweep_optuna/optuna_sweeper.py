@@ -53,7 +53,7 @@ class LorasweepOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from sweeper.sweep_loop import SweepRunner
+        from sweeper.sweep_loop import ResultsNotWrittenError, SweepRunner
         from trainer.errors import LorasweepError
 
         assert self.config is not None and self.hydra_context is not None
@@ -65,3 +65,6 @@ class LorasweepOptunaSweeper(Sweeper):
             # a traceback through Hydra would bury it.
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except ResultsNotWrittenError as err:  # not the user's input: a full disk, permissions
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)

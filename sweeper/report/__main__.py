@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except LorasweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, permissions: the previous report is unchanged
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"Report: {out.absolute()}")
     return 0
 

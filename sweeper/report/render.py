@@ -10,6 +10,7 @@ from pathlib import Path
 from sweeper.report import sections
 from sweeper.report.gather import ReportData
 from sweeper.report.markup import Markup, esc
+from trainer.atomic_write import write_text
 
 # (id, title, builder), in page order.
 SECTIONS: tuple[tuple[str, str, Callable[[ReportData], Markup]], ...] = (
@@ -59,6 +60,4 @@ def render(data: ReportData) -> str:
 
 
 def write_report(data: ReportData, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(data), encoding="utf-8")
-    return out
+    return write_text(out, render(data))

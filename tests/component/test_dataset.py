@@ -220,3 +220,25 @@ def test_plain_object_config_and_composed_config(vae, tmp_path, compose, caplog)
     with caplog.at_level(logging.INFO, logger="trainer.data.latent_cache"):
         td = build(vae, tmp_path / "cache", composed)
     assert td.cache_stats == {"hits": 6, "misses": 0} and "6 hits, 0 misses" in caplog.text
+
+
+def test_small_and_heavily_cropped_images_are_logged_once_with_counts(tmp_path, caplog):
+    from PIL import Image
+
+    from trainer.data.buckets import BucketAssigner, BucketOptions
+    from trainer.data.dataset import _make_samples
+    from trainer.data.kohya_layout import scan_dataset
+
+    folder = tmp_path / "5_cat"
+    folder.mkdir()
+    for i, size in enumerate([(16, 16), (20, 16), (64, 64), (192, 64)]):
+        Image.new("RGB", size, (i, i, i)).save(folder / f"{i}.png")
+    assigner = BucketAssigner(BucketOptions((64, 64), enabled=False))
+    with caplog.at_level("WARNING", logger="trainer.data.dataset"):
+        samples = _make_samples(scan_dataset(tmp_path), [], assigner, 1.0)
+    assert len(samples) == 20
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainer.data.dataset"]
+    assert len(messages) == 2  # once per run, not once per sample (5 repeats each)
+    assert messages[0].startswith("2 of 4 images are enlarged more than 2x")
+    assert messages[1].startswith("1 of 4 images keep less than 50% of their area")
+    assert "3.png 192x64 in bucket 64x64: 33% kept" in messages[1]

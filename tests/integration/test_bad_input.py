@@ -109,3 +109,28 @@ def test_cli_unknown_optimizer_group_lists_options(tmp_path):
     proc = run_cli("optimizer=adamww", tmp_path=tmp_path)
     assert proc.returncode != 0
     assert "optimizer" in proc.stderr and "prodigy" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "run_name",
+    ["../../escape/evil", "/tmp/evil", "a/b", "a\\b", "..", ".hidden", "x" * 201, "a\nb", ""],
+)
+def test_run_name_cannot_leave_the_run_folder(compose, run_name):
+    cfg = compose()
+    cfg.run_name = run_name
+    msg = problems_of(cfg)
+    assert f"run_name: {run_name!r} names the run's output files" in msg
+    assert "allowed: one file name without '/'" in msg and "200 bytes" in msg
+
+
+def test_output_prefix_and_optimizer_name_reach_the_run_name_check(compose):
+    msg = problems_of(compose("train.output_prefix=../up"))
+    assert "run_name: '../up_AdamW'" in msg
+
+
+def test_cli_refuses_an_escaping_run_name_before_writing_anything(tmp_path):
+    escape = tmp_path / "escape"
+    proc = run_cli(f"run_name={escape / 'evil'}", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"run_name: '{escape / 'evil'}'" in proc.stderr
+    assert not escape.exists()

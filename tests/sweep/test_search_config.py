@@ -281,3 +281,16 @@ def test_values_become_hydra_override_values(value, text):
     assert format_value(value) == text
     parsed = OverridesParser.create().parse_override(f"k={text}").value()
     assert parsed == value
+
+
+def test_a_huge_grid_is_refused_before_anything_is_listed(compose):
+    grid = {"name": "grid", "seed": 0}
+    huge = {"network": {"dim": {"type": "int", "low": 1, "high": 10**12}}}
+    message = problems_of(compose(), params=huge, sampler=grid)
+    assert "search.params.network.dim: 1,000,000,000,000 grid values; at most 10,000" in message
+    wide = {
+        "network": {"dim": {"type": "int", "low": 1, "high": 200}},
+        "optimizer": {"unet_lr": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.01}},
+    }
+    message = problems_of(compose(), params=wide, sampler=grid)
+    assert "the grid has 20,200 combinations (network.dim: 200, optimizer.unet_lr: 101)" in message

@@ -3,6 +3,10 @@ the trial identity handed to each job, and the results file."""
 
 from __future__ import annotations
 
+import errno
+import os
+
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -10,7 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from sweep_helpers import PROJECT_DIR, results
 
-from sweeper.sweep_loop import SweepAbortedError, SweepRunner
+from sweeper.sweep_loop import ResultsNotWrittenError, SweepAbortedError, SweepRunner
+from trainer.atomic_write import atomic_path
 
 
 class FakeLauncher:
@@ -96,3 +101,51 @@ def test_failed_trials_do_not_count_and_too_many_stop_the_sweep(runner_for, tmp_
     trials = results(tmp_path / "sweep")["trials"]
     assert [t["state"] for t in trials] == ["FAIL"] * 3  # 3 > 0.5 x 4
     assert trials[0]["fail_reason"] == "RuntimeError: CUDA out of memory"
+
+
+def test_a_full_disk_in_a_trial_fails_that_trial_naming_the_file(runner_for, tmp_path):
+    lora = tmp_path / "sweep" / "trial_1" / "lora.safetensors"
+
+    def answer(overrides):
+        number = int(overrides[-1].rsplit("=", 1)[1])
+        if number != 1:
+            return outcome(float(number))
+        try:  # what the trial's save does when the disk fills up under it
+            with atomic_path(lora):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            return exc
+
+    runner, args = runner_for(FakeLauncher(answer), "search.n_trials=3")
+    summary = runner.run(args)
+    assert summary["states"] == {"COMPLETE": 3, "FAIL": 1}  # the sweep went on
+    failed = [t for t in results(tmp_path / "sweep")["trials"] if t["state"] == "FAIL"]
+    assert failed[0]["number"] == 1
+    assert failed[0]["fail_reason"].startswith("OSError: [Errno 28] No space left on device")
+    assert str(lora) in failed[0]["fail_reason"]
+    assert list(lora.parent.iterdir()) == []
+
+
+def test_a_full_disk_in_the_sweeper_keeps_the_results_file_and_the_study(
+    runner_for, tmp_path, full_disk
+):
+    def answer(overrides):
+        return outcome(float(overrides[-1].rsplit("=", 1)[1]))
+
+    runner, args = runner_for(FakeLauncher(answer), "search.n_trials=2", "search.study_name=s")
+    runner.run(args)
+    path = tmp_path / "sweep" / "optuna_results.yaml"
+    before = path.read_text()
+    assert "number: 1" in before
+    full_disk()
+    runner, args = runner_for(FakeLauncher(answer), "search.n_trials=3", "search.study_name=s")
+    with pytest.raises(ResultsNotWrittenError) as info:
+        runner.run(args)
+    message = str(info.value)
+    assert "No space left on device" in message and str(path) in message
+    assert "'s'" in message and "intact" in message and "run the same command again" in message
+    assert path.read_text() == before  # not a 0-byte file
+    assert [p.name for p in path.parent.iterdir()] == ["optuna_results.yaml"]
+    storage = f"sqlite:///{tmp_path / 'runs' / 'lorasweep_optuna.db'}"
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

@@ -13,6 +13,7 @@ from trainer.data.buckets import (
     BucketOptions,
     count_batches,
     cover_size,
+    geometry_notes,
     make_batches,
     make_buckets,
     nearest_bucket,
@@ -146,3 +147,37 @@ def test_options_from_config_and_their_checks():
     cfg.enable_bucket = "no"
     with pytest.raises(ConfigError, match="data.enable_bucket: 'no' must be true or false"):
         BucketOptions.from_config(cfg)
+
+
+def test_images_enlarged_or_cropped_much_are_counted_with_examples():
+    sd15 = BucketAssigner(BucketOptions((512, 512), min_reso=256, max_reso=1024, step=64))
+    square = BucketAssigner(BucketOptions((512, 512), enabled=False))
+    images = [
+        ("ok.png", (600, 600), sd15.geometry((600, 600))),
+        ("half.png", (256, 256), sd15.geometry((256, 256))),  # exactly 2x: not noted
+        ("tiny.png", (200, 200), sd15.geometry((200, 200))),  # 2.56x
+        ("icon.png", (64, 48), sd15.geometry((64, 48))),
+        ("pano.png", (1500, 500), square.geometry((1500, 500))),  # a third kept
+        ("wide.png", (1024, 600), square.geometry((1024, 600))),  # 59% kept: not noted
+    ]
+    enlarged, cropped = geometry_notes(images, examples=1)
+    assert enlarged.startswith("2 of 6 images are enlarged more than 2x")
+    assert "tiny.png 200x200 -> 512x512" in enlarged and "icon.png" not in enlarged
+    assert cropped.startswith("1 of 6 images keep less than 50% of their area")
+    assert "pano.png 1500x500 in bucket 512x512: 33% kept" in cropped
+    assert geometry_notes(images[:2]) == []
+
+
+def test_a_huge_max_bucket_reso_adds_nothing_and_walks_only_possible_widths(monkeypatch):
+    import trainer.data.buckets as buckets
+
+    walked = []
+
+    def recording_range(*args):
+        walked.append(len(range(*args)))
+        return range(*args)
+
+    monkeypatch.setattr(buckets, "range", recording_range, raising=False)
+    huge = make_buckets(512, 256, 10**7, 64)
+    assert walked == [13]  # widths 256..1024: wider ones leave no height >= 256
+    assert huge == make_buckets(512, 256, 1024, 64)

@@ -82,3 +82,12 @@ def test_prompts_fill_trigger_for_the_model_and_class_word_for_clip():
     assert items[2].prompt == "ohwx cat at night" and items[2].text == "cat cat at night"
     same = generation_items(("a photo of {trigger}",), "penny", None, 1, 0)
     assert same[0].text == same[0].prompt == "a photo of penny"
+
+
+def test_counts_that_become_lists_are_bounded():
+    problems = eval_config_problems({"images_per_prompt": 10**8, "steps": 10**9})
+    assert problems == [
+        "eval.images_per_prompt: 100000000 is not allowed; allowed: an integer >= 1 and <= 100",
+        "eval.steps: 1000000000 is not allowed; allowed: an integer >= 1 and <= 1000",
+    ]
+    assert eval_config_problems({"images_per_prompt": 100, "steps": 1000}) == []

@@ -177,3 +177,26 @@ def test_repeats_and_reg_balancing(tmp_path, caplog):
     assert [i.path.name for i in first] == ["r0.png", "r1.png", "r2.png"]
     assert "only the first 3" in caplog.text
     assert balanced_reg_items([], 6) == []
+
+
+def test_absurd_repeat_counts_are_refused_before_anything_is_built(tmp_path, monkeypatch):
+    make_image(tmp_path / "100000000_cat" / "a.png")
+    make_image(tmp_path / "3_dog" / "b.png")
+    with pytest.raises(DataError) as info:
+        scan_dataset(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "100000000_cat") in message
+    assert "is 100000000" in message and "<= 10,000" in message
+    assert "3_dog" not in message
+
+
+def test_the_samples_of_one_epoch_are_bounded(tmp_path, monkeypatch):
+    import trainer.data.kohya_layout as layout
+
+    monkeypatch.setattr(layout, "MAX_SAMPLES_PER_EPOCH", 10)
+    for i in range(3):
+        make_image(tmp_path / "4_cat" / f"{i}.png", seed=i)
+    with pytest.raises(DataError, match=r"12 samples per epoch.*'4_cat': 4 x 3.*at most 10"):
+        scan_dataset(tmp_path)
+    monkeypatch.setattr(layout, "MAX_SAMPLES_PER_EPOCH", 12)
+    assert len(repeated_items(scan_dataset(tmp_path))) == 12

@@ -148,3 +148,29 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ModelLoadError, match="bad.safetensors"):
         read_lora(bad)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        struct.pack("<Q", 2**62) + b"{}",  # a header "of 4 EiB": MemoryError before
+        struct.pack("<Q", 10**9) + b"{}",  # 1 GB claimed, 2 bytes there
+        struct.pack("<Q", 2) + b"[]",  # JSON, but not a header
+        b"\x05\x00\x00",  # shorter than the length field
+        b"",
+    ],
+    ids=["huge", "longer-than-file", "not-a-header", "truncated", "empty"],
+)
+def test_hostile_headers_are_a_clear_error_not_an_allocation(tmp_path, content):
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(content)
+    # file_sha256 only needs the header's length to be possible; the JSON is not its concern.
+    readers = (
+        (read_metadata, read_lora)
+        if content.endswith(b"[]")
+        else (read_metadata, read_lora, file_sha256)
+    )
+    for read in readers:
+        with pytest.raises(ModelLoadError, match=r"hostile\.safetensors.*safetensors") as info:
+            read(path)
+        assert len(str(info.value)) < 400

@@ -107,3 +107,21 @@ def test_textual_inversion_bad_values_are_each_named(compose, tmp_path):
         assert key in text, key
     (problem,) = problems_of(compose("train=textual_inversion", "train.tokens=[]"))
     assert problem.startswith("train.tokens: []")
+
+
+def test_counts_that_become_lists_or_tensors_are_bounded(compose):
+    problems = problems_of(
+        compose(
+            "train=dreambooth",
+            "train.num_class_images=100000000",
+            "train.class_sample_steps=1000000",
+        )
+    )
+    text = "\n".join(problems)
+    assert "train.num_class_images: 100000000 must be an integer >= 1 and <= 10,000" in text
+    assert "train.class_sample_steps: 1000000 must be an integer >= 1 and <= 1,000" in text
+    (problem,) = problems_of(
+        compose("train=textual_inversion", "train.num_vectors_per_token=100000000")
+    )
+    assert problem.startswith("train.num_vectors_per_token: 100000000 must be an integer >= 1")
+    assert "<= 75" in problem and "75 tokens" in problem

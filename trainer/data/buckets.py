@@ -125,7 +125,9 @@ def make_buckets(resolution: Size | int, min_reso: int, max_reso: int, step: int
     max_area = width * height
     square = math.isqrt(max_area) // step * step
     buckets = {(square, square)}
-    for w in range(min_reso, max_reso + 1, step):
+    # Past max_area // min_reso no height is tall enough: stop there, however large
+    # max_reso is (data.max_bucket_reso=10**9 would otherwise loop 10**8 times).
+    for w in range(min_reso, min(max_reso, max_area // min_reso) + 1, step):
         h = min(max_reso, max_area // w // step * step)
         if h >= min_reso:
             buckets.add((w, h))
@@ -196,6 +198,45 @@ class BucketAssigner:
             bucket = nearest_bucket(size, self.buckets)
         resized = cover_size(size, bucket)
         return Geometry(bucket, resized, center_crop(resized, bucket))
+
+
+# When a run says that images lose quality on their way to their bucket: enlarged more than 2x
+# (an image less than half the bucket's side, blurry when trained at full size), or cropped
+# to keep less than half of it (a panorama in a square bucket loses its sides).
+UPSCALE_NOTE = 2.0
+KEPT_AREA_NOTE = 0.5
+
+
+def geometry_notes(images: Sequence[tuple[str, Size, Geometry]], examples: int = 3) -> list[str]:
+    """What to tell the user, once per run, about ``(name, size, geometry)`` of every image:
+    how many are enlarged more than :data:`UPSCALE_NOTE` times or keep less than
+    :data:`KEPT_AREA_NOTE` of their area after the crop, with a few examples."""
+    upscaled, cropped = [], []
+    for name, size, g in images:
+        scale = g.resized[0] / size[0]
+        if scale > UPSCALE_NOTE:
+            upscaled.append(f"{name} {size[0]}x{size[1]} -> {g.resized[0]}x{g.resized[1]}")
+        kept = g.bucket[0] * g.bucket[1] / (g.resized[0] * g.resized[1])
+        if kept < KEPT_AREA_NOTE:
+            cropped.append(
+                f"{name} {size[0]}x{size[1]} in bucket {g.bucket[0]}x{g.bucket[1]}: "
+                f"{kept:.0%} kept"
+            )
+    notes, total = [], len(images)
+    if upscaled:
+        notes.append(
+            f"{len(upscaled)} of {total} images are enlarged more than {UPSCALE_NOTE:g}x to "
+            f"fill their bucket and will train blurry (e.g. {'; '.join(upscaled[:examples])}); "
+            "use larger images, a lower data.resolution, or data.bucket_no_upscale=true"
+        )
+    if cropped:
+        notes.append(
+            f"{len(cropped)} of {total} images keep less than {KEPT_AREA_NOTE:.0%} of their area "
+            f"after the crop to their bucket's aspect ratio (e.g. {'; '.join(cropped[:examples])}"
+            "); crop them yourself, or widen the buckets (data.enable_bucket, "
+            "data.min_bucket_reso / max_bucket_reso)"
+        )
+    return notes
 
 
 def make_batches(

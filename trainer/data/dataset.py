@@ -25,6 +25,7 @@ from trainer.data.buckets import (
     Geometry,
     bucket_info,
     count_batches,
+    geometry_notes,
     make_batches,
     random_crop,
 )
@@ -192,10 +193,14 @@ def _make_samples(
     geometries: dict[Path, Geometry] = {}
     samples = []
     weighted = [(i, 1.0) for i in train_items] + [(i, float(prior_loss_weight)) for i in reg_items]
+    images = []
     for item, weight in weighted:
         if item.path not in geometries:
             geometries[item.path] = assigner.geometry(item.size, repr(str(item.path)))
+            images.append((item.path.name, item.size, geometries[item.path]))
         samples.append(Sample(item, geometries[item.path], weight))
+    for note in geometry_notes(images):
+        log.warning("%s", note)
     return samples
 
 

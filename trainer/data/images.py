@@ -6,14 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from trainer.data.buckets import Geometry
 from trainer.errors import DataError
 
 # Transparent pixels become white rather than whatever colour the file stores under them
-# (often black), which is what the image looks like in a viewer.
+# (often black), which is what the image looks like in a viewer and what kohya does.
 _BACKGROUND = (255, 255, 255)
+# Integer modes wider than 8 bits. Pillow's own convert("RGB") clips them to 0..255, so a
+# 16-bit grayscale PNG (0..65535) trains as a white square; they are scaled down instead.
+# A 32-bit "I" image is what Pillow makes of 16-bit PNG/TIFF data, so it is read as 16-bit too.
+_WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_SIXTEEN_BIT_MAX = 65535
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -22,13 +27,47 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             img.load()
+        return to_rgb(img)
     except Exception as err:  # a file that verified at scan time can still fail to decode
         raise DataError(f"{str(path)!r}: cannot decode the image ({err})") from err
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of ``img`` in any mode Pillow reads.
+
+    * 16-bit and 32-bit integer grayscale (``I;16*``, ``I``): 0..65535 scaled to 0..255.
+    * float grayscale (``F``): 0..1 scaled to 0..255 when every value lies in [0, 1] (how
+      float images are usually stored), otherwise read as 0..255; clipped either way.
+    * ``LAB``: converted to sRGB with LittleCMS (Pillow's ImageCms), not by a plain cast.
+    * transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, a palette or ``tRNS``
+      transparent colour): composited over white.
+    * everything else (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``HSV`` ...):
+      Pillow's conversion, which is exact for them.
+    """
+    if img.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(img).astype(np.float64) * (255.0 / _SIXTEEN_BIT_MAX)
+        return _gray(values)
+    if img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        in_unit_range = values.size and values.min() >= 0.0 and values.max() <= 1.0
+        return _gray(values * 255.0 if in_unit_range else values)
+    if img.mode == "LAB":
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        # NOOPTIMIZE: computed per pixel, not through a coarse lookup table (off by up to 6).
+        to_srgb = ImageCms.buildTransform(lab, srgb, "LAB", "RGB", flags=ImageCms.Flags.NOOPTIMIZE)
+        return ImageCms.applyTransform(img, to_srgb)
+    if img.mode == "La":  # premultiplied alpha: Pillow converts it to RGBA only through LA
+        img = img.convert("LA")
+    if img.has_transparency_data:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _gray(values: np.ndarray) -> Image.Image:
+    pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "L").convert("RGB")
 
 
 def apply_geometry(image: Image.Image, geometry: Geometry, flip: bool = False) -> Image.Image:

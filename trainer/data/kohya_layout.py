@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 FALLBACK_CAPTION_EXTENSION = ".caption"
 _FOLDER_NAME = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
+# Bounds on what a folder name makes the trainer hold: an epoch is a list of N x images
+# samples, built before any model loads. Guides use N = 1..100 (kohya's examples: 10-40);
+# 10,000 repeats is far beyond any recipe, and a million samples per epoch (a few MB of
+# references, about a day of training on a fast GPU) is far beyond any LoRA data set. A typo
+# such as '100000000_cat' would otherwise build a list of 10^8 samples per image and get the
+# process killed for memory instead of an error.
+MAX_REPEATS = 10_000
+MAX_SAMPLES_PER_EPOCH = 1_000_000
 # EXIF orientations 5-8 are rotated by 90 degrees: width and height swap when displayed.
 _EXIF_ORIENTATION = 0x0112
 _ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -95,6 +103,13 @@ def scan_dataset(
         subset = _scan_entry(entry, caption_extension, is_reg, problems)
         if subset is not None:
             subsets.append(subset)
+    samples = sum(s.n_repeats * len(s.images) for s in subsets)
+    if samples > MAX_SAMPLES_PER_EPOCH:
+        counts = ", ".join(f"{s.name!r}: {s.n_repeats} x {len(s.images)}" for s in subsets)
+        problems.append(
+            f"{str(root)!r}: the folders make {samples:,} samples per epoch (repeats x images: "
+            f"{counts}); at most {MAX_SAMPLES_PER_EPOCH:,} are allowed: lower the repeat counts"
+        )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DataError(f"{kind} data folder {str(root)!r} has unusable entries:\n{lines}")
@@ -130,10 +145,11 @@ def _scan_entry(
         )
         return None
     n_repeats, class_token = parsed
-    if n_repeats < 1:
+    if not 1 <= n_repeats <= MAX_REPEATS:
         problems.append(
             f"{str(entry)!r}: the repeat count N in '<N>_<class token>' is {n_repeats}; "
-            "it must be an integer >= 1"
+            f"it must be an integer >= 1 and <= {MAX_REPEATS:,} (each image is seen N times "
+            "per epoch; guides use 1-100)"
         )
         return None
     known_problems = len(problems)

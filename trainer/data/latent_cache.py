@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,13 +25,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trainer.atomic_write import atomic_path
 from trainer.data.buckets import Geometry
 from trainer.data.images import apply_geometry, load_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 
 # Bump when the pixels fed to the VAE change for the same key (decoding, resampling, range).
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: 16-bit, float and premultiplied images decoded right
 _TENSOR_NAME = "latent"
 _vae_identities: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -190,14 +189,8 @@ class LatentCache:
             "flip": str(request.flip),
             "vae": vae_identity(self.encoder.vae),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({_TENSOR_NAME: latent.contiguous()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file({_TENSOR_NAME: latent.contiguous()}, str(tmp), metadata=metadata)
 
 
 def _pixels(request: LatentRequest) -> torch.Tensor:

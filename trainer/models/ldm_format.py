@@ -35,6 +35,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextModel
 
+from trainer.atomic_write import atomic_path
 from trainer.errors import ConfigError, ModelLoadError
 
 UNET_PREFIX = "model.diffusion_model."
@@ -359,11 +360,11 @@ def save_single_file(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".safetensors":
-        safetensors.torch.save_file(state, str(path), metadata=metadata)
-    else:
-        torch.save({"state_dict": state}, path)
+    with atomic_path(path) as tmp:
+        if suffix == ".safetensors":
+            safetensors.torch.save_file(state, str(tmp), metadata=metadata)
+        else:
+            torch.save({"state_dict": state}, tmp)
     return path
 
 
@@ -371,4 +372,9 @@ def save_diffusers_folder(components, path: str | Path) -> Path:
     """Write a diffusers pipeline folder (``model_index.json`` and one folder per module)."""
     path = Path(path)
     components.to_pipeline().save_pretrained(str(path), safe_serialization=True)
+    # safetensors writes each weights file through a temporary file of its own, as 0600; give
+    # them the mode the umask gave every other file (model_index.json), e.g. 0644.
+    mode = (path / "model_index.json").stat().st_mode & 0o777
+    for weights in path.rglob("*.safetensors"):
+        weights.chmod(mode)
     return path

@@ -15,13 +15,13 @@ reused as it is (delete it to regenerate).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
 
+from trainer.atomic_write import atomic_path
 from trainer.data.kohya_layout import IMAGE_EXTENSIONS, parse_folder_name
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,6 @@ def ensure_class_images(
         batch = indices[start : start + GENERATION_BATCH]
         images = _generate(pipe, class_prompt, batch, resolution, steps, guidance_scale)
         for index, image in zip(batch, images, strict=True):
-            final = folder / f"class-{index:05d}.png"
-            scratch = folder / f".{final.name}.{os.getpid()}.tmp"
-            image.save(scratch, format="PNG")
-            os.replace(scratch, final)
+            with atomic_path(folder / f"class-{index:05d}.png") as tmp:
+                image.save(tmp, format="PNG")
     return ClassImages(folder, len(existing), missing)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.atomic_write import write_text
 from trainer.data.dataset import build_training_data
 from trainer.device import autocast_dtype, make_deterministic, resolve_device
 from trainer.loop.callbacks import TrainingCallback
@@ -46,7 +47,7 @@ def prepare_run(cfg: DictConfig) -> RunContext:
     make_deterministic(cfg.train.seed, device, cfg.train.get("deterministic", True))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
+    write_text(output_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return RunContext(device, output_dir, Path(cfg.paths.cache_dir), datetime.now(UTC))
 
 

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
+from trainer.atomic_write import atomic_path
 from trainer.errors import ModelLoadError
 
 SAFETENSORS_KEY = "emb_params"
@@ -37,10 +38,10 @@ def save_embedding(
     """Write ``vectors`` ``[n, hidden]`` of ``token``; the suffix picks the format."""
     path = Path(path)
     vectors = vectors.detach().to("cpu", torch.float32).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         meta = {**(metadata or {}), TOKEN_METADATA: token, "step": str(step)}
-        safetensors.torch.save_file({SAFETENSORS_KEY: vectors}, str(path), metadata=meta)
+        with atomic_path(path) as tmp:
+            safetensors.torch.save_file({SAFETENSORS_KEY: vectors}, str(tmp), metadata=meta)
     elif path.suffix == ".pt":
         data = {
             "string_to_token": {"*": _WEBUI_STRING_TO_TOKEN},
@@ -50,7 +51,8 @@ def save_embedding(
             "sd_checkpoint": None,
             "sd_checkpoint_name": None,
         }
-        torch.save(data, path)
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
     else:
         raise ValueError(f"{path}: embeddings are written as .safetensors or .pt")
     return path

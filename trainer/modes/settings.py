@@ -51,13 +51,27 @@ def _positive_or_null(cfg: Any, key: str, problems: list[str]) -> None:
         problems.append(f"train.{key}: {value!r} must be null or a number > 0")
 
 
-def _int_at_least(cfg: Any, key: str, low: int, problems: list[str], nullable=False) -> None:
+# Upper bounds of counts that become lists, tensors or hours of work before anything trains.
+MAX_CLASS_IMAGES = 10_000
+MAX_SAMPLE_STEPS = 1000
+MAX_VECTORS_PER_TOKEN = 75
+_WHY_AT_MOST = {
+    "num_class_images": "each is generated before training; DreamBooth uses 100-300",
+    "class_sample_steps": "SD 1.x has 1000 training timesteps",
+    "num_vectors_per_token": "every caption holds all of them; CLIP reads 75 tokens at a time",
+}
+
+
+def _int_at_least(
+    cfg: Any, key: str, low: int, problems: list[str], nullable=False, high: int | None = None
+) -> None:
     value = _get(cfg, key)
     if nullable and value is None:
         return
-    if not (_is_int(value) and value >= low):
+    if not (_is_int(value) and low <= value <= (value if high is None else high)):
         what = f"null or an integer >= {low}" if nullable else f"an integer >= {low}"
-        problems.append(f"train.{key}: {value!r} must be {what}")
+        why = f" and <= {high:,} ({_WHY_AT_MOST[key]})" if high is not None else ""
+        problems.append(f"train.{key}: {value!r} must be {what}{why}")
 
 
 def _bool(cfg: Any, key: str, problems: list[str]) -> None:
@@ -134,8 +148,8 @@ def _dreambooth_problems(t: Any, data_cfg: Any) -> list[str]:
     _positive_or_null(t, "text_encoder_lr", problems)
     for key in ("train_text_encoder", "prior_preservation"):
         _bool(t, key, problems)
-    for key in ("num_class_images", "class_sample_steps"):
-        _int_at_least(t, key, 1, problems)
+    _int_at_least(t, "num_class_images", 1, problems, high=MAX_CLASS_IMAGES)
+    _int_at_least(t, "class_sample_steps", 1, problems, high=MAX_SAMPLE_STEPS)
     for key in ("save_lora_dim", "save_lora_conv_dim"):
         _int_at_least(t, key, 1, problems, nullable=True)
     scale = _get(t, "class_guidance_scale")
@@ -189,7 +203,7 @@ def _textual_inversion_problems(t: Any) -> list[str]:
             f"train.init_word: {init_word!r} must be a word (e.g. the class, 'dog') whose "
             "embedding starts the new token, unless train.init_embedding is set"
         )
-    _int_at_least(t, "num_vectors_per_token", 1, problems)
+    _int_at_least(t, "num_vectors_per_token", 1, problems, high=MAX_VECTORS_PER_TOKEN)
     _one_of(t, "embedding_format", EMBEDDING_FORMATS, problems)
     _one_of(t, "caption_placeholder", CAPTION_PLACEHOLDER, problems)
     return problems

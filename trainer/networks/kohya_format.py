@@ -18,16 +18,16 @@ these names, so they are the exchange format; peft's own names never reach the f
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from trainer.atomic_write import write_bytes
 from trainer.errors import ModelLoadError
 
 UNET_PREFIX = "lora_unet"
@@ -87,9 +87,20 @@ def tensor_payload_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The ``sshs_model_hash`` of an existing file (sha256 of its bytes after the header)."""
-    blob = Path(path).read_bytes()
-    return hashlib.sha256(_payload(blob)).hexdigest()
+    """The ``sshs_model_hash`` of an existing file (sha256 of its bytes after the header),
+    streamed: the file is never read into memory whole."""
+    path = _existing(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else size
+        if 8 + header_len > size:
+            raise ModelLoadError(
+                f"{path}: not a safetensors file (its header claims {header_len} bytes, the "
+                f"file has {size})"
+            )
+        f.seek(8 + header_len)
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_lora(
@@ -100,8 +111,8 @@ def save_lora(
     """Write a kohya LoRA ``.safetensors`` file; return its ``sshs_model_hash``.
 
     ``metadata`` values must all be ``str`` (safetensors stores a str -> str map); the hash of
-    the tensor payload is added as ``sshs_model_hash``. The file is written to a temporary
-    name and renamed, so a crash never leaves a truncated LoRA under ``path``.
+    the tensor payload is added as ``sshs_model_hash``. The file is written atomically
+    (:mod:`trainer.atomic_write`): a crash or a full disk never leaves a truncated LoRA.
     """
     bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
     if bad:
@@ -111,23 +122,24 @@ def save_lora(
     path = Path(path)
     model_hash = tensor_payload_sha256(state_dict)
     blob = _serialise(state_dict, {**metadata, HASH_KEY: model_hash})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_bytes(path, blob)
     return model_hash
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, without reading its tensors."""
+    """The ``__metadata__`` of a safetensors file, without reading its tensors.
+
+    safetensors itself reads and checks the header (its size against the file's, at most
+    100 MB), so a corrupt or hostile file is a :class:`ModelLoadError`, not a huge allocation.
+    """
     path = _existing(path)
     try:
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path} is not a safetensors file: {e}") from e
-    return dict(header.get("__metadata__") or {})
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"{path}: not a readable safetensors file ({e}); expected a LoRA .safetensors file"
+        ) from e
 
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

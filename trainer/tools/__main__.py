@@ -165,7 +165,7 @@ COMMANDS = {"extract": _extract, "merge": _merge, "resize": _resize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one tool; return the exit status (0 ok, 2 bad input)."""
+    """Run one tool; return the exit status (0 ok, 2 bad input, 1 output not written)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LorasweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, permissions: the message names the file
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
