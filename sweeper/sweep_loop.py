@@ -44,6 +44,7 @@ from sweeper.study import (
     make_storage,
     n_done,
     open_study,
+    storage_problem,
     storage_url,
     tell,
 )
@@ -113,17 +114,32 @@ class SweepRunner:
         parser = OverridesParser.create(config_loader=self.loader)
         overrides = parser.parse_overrides(list(arguments))
         fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
-        settings = read_settings(self.config.search)
-        # The eval group and the search metrics it must produce: wrong for every trial alike.
-        problems = evaluation_problems(self.config)
-        if problems:
-            raise ConfigError(problems)
         choices = set(self.config.hydra.runtime.choices)
 
         def group_options(name: str) -> list[str] | None:
             return self.loader.get_group_options(name) if name in choices else None
 
-        space = build_search_space(self.config.search, self.config, overrides, group_options)
+        # Every problem of every part at once: the study settings, the storage, the eval group
+        # and the search metrics it must produce (wrong for every trial alike), the space.
+        problems: list[str] = []
+        settings = space = None
+        try:
+            settings = read_settings(self.config.search)
+        except ConfigError as err:
+            problems += err.problems
+        if settings is not None:
+            problem = storage_problem(storage_url(settings, self.config.paths.runs_dir))
+            if problem:  # the default storage lives in the runs folder
+                key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
+                problems.append(f"{key}: {problem}")
+        problems += evaluation_problems(self.config)
+        try:
+            space = build_search_space(self.config.search, self.config, overrides, group_options)
+        except ConfigError as err:
+            problems += err.problems
+        if problems:
+            raise ConfigError(problems)
+        assert settings is not None and space is not None
         build_sampler(settings, space)
         build_pruner(settings)
         return settings, space, fixed
