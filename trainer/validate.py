@@ -27,10 +27,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_NAME_BYTES = 200
 
 
-def validate_run(
-    cfg: DictConfig, extra_checks: Iterable[Callable[[DictConfig], list[str]]] = ()
-) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg`` and its data.
+Check = Callable[[DictConfig], list[str]]
+
+
+def config_problems(cfg: DictConfig, extra_checks: Iterable[Check] = ()) -> list[str]:
+    """Every problem of ``cfg``'s keys, without opening the data: cheap enough to run once per
+    value a sweep may set (``sweeper.search_config``).
 
     ``extra_checks``: more ``check(cfg) -> [problem, ...]`` from the caller (the sweeper's
     ``eval`` and ``search`` groups, which the trainer does not know), reported together.
@@ -44,6 +46,13 @@ def validate_run(
             problems += check(cfg)
         except MissingMandatoryValue as err:
             problems.append(f"{err.full_key}: a value is required (it is ??? in the config)")
+    return problems
+
+
+def validate_run(cfg: DictConfig, extra_checks: Iterable[Check] = ()) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` (``config_problems``) and
+    of its data (every image opened)."""
+    problems = config_problems(cfg, extra_checks)
     if not any(p.startswith(("data.", "paths.")) for p in problems):
         problems += _scan_data(cfg)
     if problems:
