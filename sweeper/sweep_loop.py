@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from sweeper.checks import evaluation_problems
+from sweeper.checks import run_problems
 from sweeper.results import (
     RESULTS_FILE,
     print_summary,
@@ -120,7 +120,8 @@ class SweepRunner:
             return self.loader.get_group_options(name) if name in choices else None
 
         # Every problem of every part at once: the study settings, the storage, the eval group
-        # and the search metrics it must produce (wrong for every trial alike), the space.
+        # and the search metrics it must produce, unknown keys (wrong for every trial alike), the
+        # space.
         problems: list[str] = []
         settings = space = None
         try:
@@ -132,7 +133,7 @@ class SweepRunner:
             if problem:  # the default storage lives in the runs folder
                 key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
                 problems.append(f"{key}: {problem}")
-        problems += evaluation_problems(self.config)
+        problems += run_problems(self.config)
         try:
             space = build_search_space(self.config.search, self.config, overrides, group_options)
         except ConfigError as err:

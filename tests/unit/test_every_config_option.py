@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.checks import evaluation_problems
+from sweeper.checks import run_problems
 from sweeper.search_config import build_search_space, read_settings
 from trainer.data.dataset import DataOptions
 from trainer.errors import ConfigError
@@ -60,10 +60,16 @@ def _overrides(group: str, option: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_option_passes_the_run_and_sweep_checks(compose, tmp_path, group, option):
     cfg = compose(*_overrides(group, option, tmp_path))
-    # What a single run and every trial check (the sweeper's eval / metric checks included).
-    validate_run(cfg, extra_checks=[evaluation_problems])
+    # What a single run and every trial check (the sweeper's eval, metric and key checks).
+    validate_run(cfg, extra_checks=[run_problems])
     # What the sweep checks before its first trial.
     read_settings(cfg.search)
+    if (group, option) == ("network", "ia3"):
+        # (IA)^3 has no rank: the default space's network.dim would fail every trial, so the
+        # sweep refuses it up front; without the rank parameters it sweeps.
+        with pytest.raises(ConfigError, match=r"search.params.network.dim: value 4: network.dim"):
+            build_search_space(cfg.search, cfg, [], group_options)
+        cfg = compose(*_overrides(group, option, tmp_path), "search.params.network=null")
     build_search_space(cfg.search, cfg, [], group_options)
 
 
