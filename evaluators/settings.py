@@ -337,7 +337,18 @@ def produced_metrics(settings: EvalSettings) -> tuple[list[str], list[str], list
 def eval_config_problems(eval_cfg: Any) -> list[str]:
     """Every problem of ``eval_cfg`` as messages (empty when valid), for up-front checks."""
     try:
-        read_eval_settings(eval_cfg)
+        settings = read_eval_settings(eval_cfg)
     except ConfigError as error:
         return list(error.problems)
-    return []
+    from evaluators.scoring_models import scoring_model_problem
+
+    used = {
+        "clip_model": {"clip_i", "clip_t"} & set(settings.metrics),
+        "dino_model": {"dino"} & set(settings.metrics),
+    }
+    problems = [
+        scoring_model_problem(f"eval.{key}", getattr(settings, key))
+        for key, metrics in used.items()
+        if metrics
+    ]
+    return [p for p in problems if p]

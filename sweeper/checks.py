@@ -46,6 +46,11 @@ def evaluation_problems(cfg: DictConfig) -> list[str]:
         # The evaluators will not run; a metric name that no scorer has is wrong all the same.
         return [p for p in problems if p.startswith("eval.metrics")]
     problems += metric_name_problems(cfg.eval, metrics)
+    if not cfg.eval.get("trigger"):
+        from evaluators.references import trigger_problem
+
+        problem = trigger_problem(OmegaConf.select(cfg, "data.dir", default=None))
+        problems += [problem] if problem else []
     mode = OmegaConf.select(cfg, "train.mode", default="lora")
     if mode in SAVES:
         problems.append(

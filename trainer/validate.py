@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from trainer.errors import ConfigError, LorasweepError
-from trainer.models.loading import BUILT_IN_MODELS
+from trainer.models.loading import BUILT_IN_MODELS, classify_source
 from trainer.modes.settings import mode_problems
 from trainer.speed import speed_problems
 
@@ -134,10 +134,49 @@ def _model(cfg: DictConfig) -> list[str]:
     if problem:
         problems.append(problem)
     try:
-        read_model_settings(cfg.model)
+        settings = read_model_settings(cfg.model)
     except ConfigError as err:
         problems += [p for p in err.problems if not p.startswith("model.path")]
+    else:
+        problem = vae_problem(settings.vae) if settings.vae else None
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def vae_problem(value: str) -> str | None:
+    """Why ``model.vae`` cannot be loaded, or None, without loading it: the file must exist
+    and hold VAE weights (its header is read), a folder must be a diffusers VAE or pipeline
+    folder; hub ids are accepted as given."""
+    allowed = (
+        "allowed: null (the base model's own VAE), a .safetensors/.ckpt VAE file, a diffusers "
+        "VAE folder (config.json) or pipeline folder (vae/), or a hub id"
+    )
+    try:
+        kind, location = classify_source(value, key="model.vae")
+    except LorasweepError:
+        return f"model.vae: {value!r} (the VAE) does not exist or is not accepted; {allowed}"
+    if kind == "folder":
+        if not any((Path(location) / sub / "config.json").is_file() for sub in ("", "vae")):
+            return (
+                f"model.vae: folder {value!r} (the VAE) has no config.json or vae/config.json; "
+                f"{allowed}"
+            )
+        return None
+    if kind == "single_file" and Path(location).suffix.lower() == ".safetensors":
+        import safetensors
+
+        try:
+            with safetensors.safe_open(str(location), "pt") as f:
+                keys = list(f.keys())
+        except Exception as err:  # noqa: BLE001 - any unreadable header is a corrupt file
+            return f"model.vae: {value!r} (the VAE) is not a readable .safetensors file ({err})"
+        if not any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+            return (
+                f"model.vae: {value!r} holds no VAE weights (no encoder.*, decoder.* or "
+                f"first_stage_model.* tensors; {len(keys)} others): is it a VAE? {allowed}"
+            )
+    return None
 
 
 def _network(cfg: DictConfig) -> list[str]:
