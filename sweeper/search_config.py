@@ -10,7 +10,6 @@ Every problem is reported at once, each naming its key.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.explicit import cleared_keys
 from sweeper.search_space import ALPHA_OF, Param, SearchSpace, iter_specs, ordered, parse_param
+from sweeper.search_values import value_problems
 from trainer.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
@@ -237,8 +237,8 @@ def build_search_space(
     ]
     for param in kept:
         _check_key(param, cfg, group_options, problems)
-        if not param.is_group:
-            problems += _value_problems(param, cfg)
+        if not param.is_group and _fixed(cfg, param.key)[0] is not _ABSENT:
+            problems += value_problems(param, cfg)
     _check_alpha(kept, cfg, problems)
     _check_fractions(kept, cfg, problems)
     if (s.get("sampler") or {}).get("name") == "grid":
@@ -342,53 +342,6 @@ def _check_key(param: Param, cfg: DictConfig, group_options, problems: list[str]
             f"{param.where}: unknown key `{param.key}`: not a key of the composed config nor a "
             "config group"
         )
-
-
-def _representatives(param: Param) -> list:
-    """The values checked before the first trial: every choice; a range's bounds."""
-    if param.choices is not None:
-        values = list(param.choices)
-    elif param.type == "int":
-        values = [int(param.low), int(param.high)]
-    else:
-        values = [param.low, param.high]
-    unique: list = []
-    for value in values:  # not a set: a choice may be a list (unhashable)
-        if not any(value == u and type(value) is type(u) for u in unique):
-            unique.append(value)
-    return unique
-
-
-def _names(problem: str, key: str) -> bool:
-    """Whether ``problem`` (``"<key>: ..."``, ``"<key> = ..."``, ``"<key>[0]: ..."``) is
-    about ``key``."""
-    return problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", " ", "[", "=")
-
-
-def _value_problems(param: Param, cfg: DictConfig) -> list[str]:
-    """What the run's own checks (``trainer.validate.config_problems`` with the ``eval`` and
-    ``search`` checks) say about ``param.key`` at each representative value, so that a value
-    no trial could train with is refused now, not trial after trial. ``fraction_of`` values
-    are valid by construction (at least 1, at most the rank)."""
-    from sweeper.checks import evaluation_problems
-    from trainer.validate import config_problems
-
-    if param.type == "fraction_of" or _fixed(cfg, param.key)[0] is _ABSENT:
-        return []  # an unknown key is reported by _check_key
-    problems = []
-    for value in _representatives(param):
-        trial_cfg = copy.deepcopy(cfg)
-        try:
-            OmegaConf.update(trial_cfg, param.key, value, merge=False)
-        except Exception as exc:  # noqa: BLE001 - OmegaConf's validation, typed nodes
-            problems.append(f"{param.where}: value {value!r}: {param.key}: {exc}")
-            continue
-        problems += [
-            f"{param.where}: value {value!r}: {p}"
-            for p in config_problems(trial_cfg, [evaluation_problems])
-            if _names(p, param.key)
-        ]
-    return problems
 
 
 def _check_fractions(params: list[Param], cfg: DictConfig, problems: list[str]) -> None:

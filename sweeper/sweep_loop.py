@@ -36,6 +36,7 @@ from sweeper.results import (
 )
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
+from sweeper.search_values import fixed_problems
 from sweeper.study import (
     build_pruner,
     build_sampler,
@@ -119,9 +120,9 @@ class SweepRunner:
         def group_options(name: str) -> list[str] | None:
             return self.loader.get_group_options(name) if name in choices else None
 
-        # Every problem of every part at once: the study settings, the storage, the eval group
-        # and the search metrics it must produce, unknown keys (wrong for every trial alike), the
-        # space.
+        # Every problem of every part at once: the study settings, the storage, the space and
+        # what every trial's validation would say about the keys it does not search (the
+        # trainer's keys and data, the eval group and the metrics, unknown keys).
         problems: list[str] = []
         settings = space = None
         try:
@@ -133,11 +134,12 @@ class SweepRunner:
             if problem:  # the default storage lives in the runs folder
                 key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
                 problems.append(f"{key}: {problem}")
-        problems += run_problems(self.config)
         try:
             space = build_search_space(self.config.search, self.config, overrides, group_options)
         except ConfigError as err:
             problems += err.problems
+        searched = space.keys if space is not None else []
+        problems += fixed_problems(self.config, searched, [run_problems])
         if problems:
             raise ConfigError(problems)
         assert settings is not None and space is not None

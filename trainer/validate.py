@@ -54,7 +54,7 @@ def validate_run(cfg: DictConfig, extra_checks: Iterable[Check] = ()) -> None:
     of its data (every image opened)."""
     problems = config_problems(cfg, extra_checks)
     if not any(p.startswith(("data.", "paths.")) for p in problems):
-        problems += _scan_data(cfg)
+        problems += data_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
@@ -282,7 +282,7 @@ def _scheduler(cfg: DictConfig) -> list[str]:
     return scheduler_config_problems(cfg.scheduler)
 
 
-def _scan_data(cfg: DictConfig) -> list[str]:
+def data_problems(cfg: DictConfig) -> list[str]:
     """Scan the image folders (every image opened and checked) without loading any model."""
     from trainer.data.kohya_layout import scan_dataset
 

@@ -336,3 +336,28 @@ def test_cli_sweep_with_a_bad_value_stops_before_the_first_trial(tmp_path):
     assert "command line `network.dim=0,4`: value 0: network.dim" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not sweep_dir.exists() or not list(sweep_dir.iterdir())
+
+
+def test_fixed_keys_are_checked_once_and_searched_keys_left_to_their_values(compose):
+    from sweeper.search_values import fixed_problems
+
+    cfg = compose("network.dim=0", "+optimizer.args.weight_decay=-1", "optimizer.lr=-1")
+    problems = fixed_problems(cfg, ["network.dim", "optimizer"], [])
+    assert not any(p.startswith(("network.dim", "optimizer.")) for p in problems)
+    problems = fixed_problems(cfg, [], [])
+    assert any(p.startswith("network.dim = 0") for p in problems)
+    assert any(p.startswith("optimizer.lr: -1") for p in problems)
+
+
+def test_cli_sweep_with_a_bad_fixed_value_stops_before_the_first_trial(tmp_path):
+    from sweep_helpers import make_dataset, run_sweep, sweep_env, tiny_overrides
+
+    sweep_dir = tmp_path / "sweep"
+    env = sweep_env(tmp_path, tmp_path / "cache")
+    args = [*tiny_overrides(make_dataset(tmp_path), sweep_dir), "+optimizer.args.weight_decay=-1"]
+    proc = run_sweep([*args, "network.dim=4,8", f"data.reg_dir={tmp_path / 'none'}"], env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "2 problem(s)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "optimizer.args.weight_decay: -1 is refused by torch.optim.adamw.AdamW" in proc.stderr
+    assert f"data.reg_dir: regularisation data folder '{tmp_path / 'none'}'" in proc.stderr
+    assert not sweep_dir.exists() or not list(sweep_dir.iterdir())
