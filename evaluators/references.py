@@ -79,6 +79,23 @@ def load_images(
     return [ReferenceImage(p, c, load_rgb(p)) for p, c in _spread(items, limit)]
 
 
+def trigger_problem(data_dir: str | Path | None) -> str | None:
+    """Why no default trigger can be read from ``data_dir`` (``eval.trigger`` unset), or None:
+    a check before training from the folder names alone (no image is opened)."""
+    root = Path(str(data_dir)).expanduser() if data_dir else None
+    if root is None or not root.is_dir():
+        return None  # data.dir's own check says what is wrong with it
+    names = [e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith(".")]
+    tokens = [t for t in (parse_folder_name(n) for n in names) if t and t[1]]
+    if tokens:
+        return None
+    return (
+        f"eval.trigger: null, and no folder of data.dir {str(root)!r} gives a class token "
+        f"(folders: {sorted(names)}; kohya '<N>_<class token>', e.g. '5_chelsea cat'): the "
+        "evaluation's prompts need one; set eval.trigger or name the class token"
+    )
+
+
 def default_trigger(data_dir: str | Path, caption_extension: str | None = ".txt") -> str:
     """The class token of the first training folder (``5_chelsea cat`` -> ``chelsea cat``).
 

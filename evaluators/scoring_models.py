@@ -80,6 +80,33 @@ def _resolve(key: str, value: str) -> tuple[str, str]:
     return kind, str(location)
 
 
+def scoring_model_problem(key: str, value: str) -> str | None:
+    """Why the scoring model ``value`` of ``eval.<key>`` cannot load, or None; checked before
+    training (nothing is loaded): a local directory must hold config.json, and a hub id must be
+    in the local Hugging Face cache when HF_HUB_OFFLINE is set."""
+    if value == TINY:
+        return None
+    allowed = "allowed: 'tiny', a hub id 'owner/name', or a local transformers model directory"
+    try:
+        classify_source(value, key=key)
+    except ModelLoadError:
+        return f"{key}: {value!r} does not exist (the scoring model); {allowed}"
+    try:
+        kind, location = _resolve(key, value)
+    except ModelLoadError as error:
+        return f"{error} (the scoring model); {allowed}"
+    if kind == "hub" and _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(location, "config.json"), str):
+            return (
+                f"{key}: {value!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                "set; download it first, or give a local model directory (holding config.json) "
+                "or 'tiny' (the scoring model)"
+            )
+    return None
+
+
 def _pretrained(key: str, value: str, *classes: Any) -> list[Any]:
     """``from_pretrained`` of each of ``classes``, then the image processor, from a local
     directory (never a download) or a hub id (only the local cache when HF_HUB_OFFLINE is set).

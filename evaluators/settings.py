@@ -16,6 +16,16 @@ from evaluators.samplers import SAMPLER_NAMES as SAMPLERS
 from trainer.errors import ConfigError
 
 METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
+# What each scorer of eval.metrics returns (evaluators/scorers/*.py ``score``), and the terms
+# the objective adds (evaluators/objective.py): the names a search metric can read.
+SCORER_OUTPUTS = {
+    "clip_i": ("clip_i",),
+    "clip_t": ("clip_t", "clip_score"),
+    "dino": ("dino",),
+    "face": ("face_identity", "face_similarity", "face_distance", "face_match_rate",
+             "faces_not_found"),
+    "val_loss": ("val_loss",),
+}  # fmt: skip
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRID_EPOCHS = ("best", "last", "all", "none")
 # Every generated image of an epoch is held for scoring and the grids (prompts x images x
@@ -307,10 +317,38 @@ def _read_timesteps(c: _Checker) -> tuple[int, ...]:
     return tuple(value)
 
 
+def produced_metrics(settings: EvalSettings) -> tuple[list[str], list[str], list[str]]:
+    """(names at strength 1.0, the ``@<pair>`` suffixes of the strength grid, diagnosis names):
+    every ``eval/...`` metric an evaluation with ``settings`` produces (evaluators/results.py),
+    without the ``eval/`` prefix."""
+    from evaluators.objective import ADHERENCE_METRIC, DIAGNOSIS_METRICS, FIDELITY_METRICS
+    from evaluators.results import strength_label
+
+    names = [name for metric in settings.metrics for name in SCORER_OUTPUTS[metric]]
+    if any(m in names for m in FIDELITY_METRICS):
+        names.append("fidelity")
+    if ADHERENCE_METRIC in names:
+        names.append("adherence")
+    names.append("objective")
+    pairs = [f"@{strength_label(u, t)}" for u, t in settings.strength_pairs()]
+    return names, pairs, ["random_weights", *DIAGNOSIS_METRICS]
+
+
 def eval_config_problems(eval_cfg: Any) -> list[str]:
     """Every problem of ``eval_cfg`` as messages (empty when valid), for up-front checks."""
     try:
-        read_eval_settings(eval_cfg)
+        settings = read_eval_settings(eval_cfg)
     except ConfigError as error:
         return list(error.problems)
-    return []
+    from evaluators.scoring_models import scoring_model_problem
+
+    used = {
+        "clip_model": {"clip_i", "clip_t"} & set(settings.metrics),
+        "dino_model": {"dino"} & set(settings.metrics),
+    }
+    problems = [
+        scoring_model_problem(f"eval.{key}", getattr(settings, key))
+        for key, metrics in used.items()
+        if metrics
+    ]
+    return [p for p in problems if p]

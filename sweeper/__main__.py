@@ -18,10 +18,11 @@ log = logging.getLogger("sweeper")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):
+    from sweeper.explicit import explicit_wins
     from sweeper.task import run_task
 
     try:
-        return run_task(cfg)
+        return run_task(explicit_wins(cfg, HydraConfig.get().overrides.task))
     except LorasweepError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # A sweep's job: the sweeper records the trial as failed with this reason and

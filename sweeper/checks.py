@@ -24,16 +24,33 @@ def needs_evaluation(metrics: list[str]) -> bool:
     return any(m not in TRAINING_METRICS for m in metrics)
 
 
+def run_problems(cfg: DictConfig) -> list[str]:
+    """The sweeper's checks of a run's config: the ``eval`` group and the metrics it must
+    produce, and keys that no option file declares (they would do nothing)."""
+    from sweeper.config_keys import unknown_key_problems
+
+    return evaluation_problems(cfg) + unknown_key_problems(cfg)
+
+
 def evaluation_problems(cfg: DictConfig) -> list[str]:
     """The ``eval`` group's problems when the evaluators will run, and search metrics that the
     evaluation would not produce at every evaluated epoch."""
     metrics = objective_metrics(cfg)
-    if not needs_evaluation(metrics) or "eval" not in cfg:
+    if "eval" not in cfg:
         return []
     from evaluators.objective import DIAGNOSIS_METRICS
     from evaluators.settings import eval_config_problems
 
     problems = eval_config_problems(cfg.eval)
+    if not needs_evaluation(metrics):
+        # The evaluators will not run; a metric name that no scorer has is wrong all the same.
+        return [p for p in problems if p.startswith("eval.metrics")]
+    problems += metric_name_problems(cfg.eval, metrics)
+    if not cfg.eval.get("trigger"):
+        from evaluators.references import trigger_problem
+
+        problem = trigger_problem(OmegaConf.select(cfg, "data.dir", default=None))
+        problems += [problem] if problem else []
     mode = OmegaConf.select(cfg, "train.mode", default="lora")
     if mode in SAVES:
         problems.append(
@@ -52,4 +69,32 @@ def evaluation_problems(cfg: DictConfig) -> list[str]:
                     f"every strength, and eval.grid_epochs is {grid_epochs!r}; set "
                     "eval.grid_epochs=all, or use a metric at strength 1.0 (e.g. eval/objective)"
                 )
+    return problems
+
+
+def metric_name_problems(eval_cfg, metrics: list[str]) -> list[str]:
+    """``search.metrics`` that neither the training loop nor the evaluation (as ``eval_cfg``
+    configures it) produces: a sweep would fail at its first evaluated epoch."""
+    from evaluators.settings import produced_metrics, read_eval_settings
+    from trainer.errors import ConfigError
+
+    try:
+        names, pairs, diagnosis = produced_metrics(read_eval_settings(eval_cfg))
+    except ConfigError:
+        return []  # the eval group's own problems are reported; names follow from them
+    allowed = {*TRAINING_METRICS, *(f"eval/{n}" for n in names + diagnosis)}
+    allowed |= {f"eval/{n}{pair}" for n in names for pair in pairs}
+    problems = []
+    for i, metric in enumerate(metrics):
+        name = metric.removeprefix("eval/")
+        per_checkpoint = name.startswith("ckpt/") and name.rpartition("/")[2] in names
+        if metric in allowed or (per_checkpoint and eval_cfg.get("checkpoints")):
+            continue
+        problems.append(
+            f"search.metrics[{i}]: {metric!r} is produced by nobody (eval.metrics="
+            f"{list(eval_cfg.metrics)}); allowed: "
+            f"{', '.join([*TRAINING_METRICS, *(f'eval/{n}' for n in names + diagnosis)])}, "
+            f"eval/<name>@<pair> for the strength pairs ({', '.join(p[1:] for p in pairs)}), "
+            "eval/ckpt/<checkpoint>/<name> with several eval.checkpoints"
+        )
     return problems

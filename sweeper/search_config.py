@@ -17,7 +17,9 @@ from typing import Any
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper.explicit import cleared_keys
 from sweeper.search_space import ALPHA_OF, Param, SearchSpace, iter_specs, ordered, parse_param
+from sweeper.search_values import value_problems
 from trainer.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
@@ -214,16 +216,20 @@ def build_search_space(
         if param:
             params[key] = param
     params.update(_category_params(cfg, s.get("category_ranges") or {}, problems))
-    fixed = set()
+    fixed, swept = set(), set()
     for override in overrides:
         if override.is_hydra_override():
             continue
         if override.is_sweep_override():
+            swept.add(override.key_or_group)
             param = _cli_param(override, problems)
             if param:
                 params[param.key] = param
         else:
             fixed.add(override.key_or_group)
+    # A key the command line fixes also leaves the preset's keys it overrules (sweeper.explicit):
+    # `+category=F train.max_train_epochs=1` searches no step count.
+    fixed |= set(cleared_keys(fixed | swept)) - swept
     kept = [
         replace(p, is_group=group_options(p.key) is not None)
         for key, p in params.items()
@@ -231,6 +237,8 @@ def build_search_space(
     ]
     for param in kept:
         _check_key(param, cfg, group_options, problems)
+        if not param.is_group and _fixed(cfg, param.key)[0] is not _ABSENT:
+            problems += value_problems(param, cfg)
     _check_alpha(kept, cfg, problems)
     _check_fractions(kept, cfg, problems)
     if (s.get("sampler") or {}).get("name") == "grid":

@@ -6,9 +6,12 @@ config, so a trial launched in another process (joblib, another machine) finds i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable
@@ -18,7 +21,9 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 
 from sweeper.search_config import SearchSettings
 from sweeper.search_space import SearchSpace
@@ -38,8 +43,84 @@ def storage_url(settings: SearchSettings, runs_dir: str | Path) -> str:
     if settings.storage:
         return settings.storage
     path = Path(runs_dir).absolute() / DEFAULT_DB
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # an unwritable runs folder: storage_problem says so
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+# How long the up-front check waits for a database server (seconds): an unreachable one is a
+# typo or a server that is down, found before the first trial instead of after it.
+CONNECT_TIMEOUT = 5
+STORAGE_ALLOWED = (
+    "allowed: null (the embedded SQLite file <runs dir>/lorasweep_optuna.db) or an SQLAlchemy "
+    "URL, e.g. sqlite:////abs/path/optuna.db or postgresql+psycopg://user:password@host/db"
+)
+
+
+def storage_problem(url: str) -> str | None:
+    """Why the study storage at ``url`` cannot be used, or None; without its key, so that the
+    sweep (``search.storage``) and the report (``--storage``) name theirs.
+
+    An SQLite file must be writable, or creatable in an existing writable folder (nothing is
+    created here); a database server must accept a connection within ``CONNECT_TIMEOUT`` s.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"{url!r} is not a database URL; {STORAGE_ALLOWED}"
+    shown = repr(parsed.render_as_string(hide_password=True))
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_problem(parsed.database, shown)
+    connect_args = (
+        {"connect_timeout": CONNECT_TIMEOUT}
+        if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb")
+        else {}
+    )
+    try:
+        engine = create_engine(parsed, connect_args=connect_args)
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError, ArgumentError) as exc:
+        return (
+            f"{shown}: no database driver for {parsed.drivername!r} ({exc}); install it "
+            "(PostgreSQL: pip install -e '.[sweep]'); " + STORAGE_ALLOWED
+        )
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is the user's to fix
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        first = reason[0].strip("'\"") if reason else repr(exc)
+        return f"{shown}: cannot connect to the database: {first}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def _sqlite_problem(database: str | None, shown: str) -> str | None:
+    if not database or database == ":memory:":
+        return (
+            f"{shown}: an in-memory database lives and dies with one process; trials and "
+            f"reruns could not share it; {STORAGE_ALLOWED}"
+        )
+    path = Path(database).expanduser()
+    if path.exists():
+        if not path.is_file():
+            return f"{shown}: {path} is not a file"
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as err:
+            return f"{shown}: cannot write {path}: {err.strerror or err}"
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{shown}: the folder {folder} does not exist (or is not a folder); create it first"
+    try:  # root may write where the mode bits say no: try, rather than os.access
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".lorasweep-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"{shown}: cannot create the database in {folder}: {err.strerror or err}"
+    return None
 
 
 def make_storage(url: str, settings: SearchSettings | None = None) -> RDBStorage:

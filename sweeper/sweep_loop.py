@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from sweeper.checks import evaluation_problems
+from sweeper.checks import run_problems
 from sweeper.results import (
     RESULTS_FILE,
     print_summary,
@@ -36,6 +36,7 @@ from sweeper.results import (
 )
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
+from sweeper.search_values import fixed_problems
 from sweeper.study import (
     build_pruner,
     build_sampler,
@@ -44,6 +45,7 @@ from sweeper.study import (
     make_storage,
     n_done,
     open_study,
+    storage_problem,
     storage_url,
     tell,
 )
@@ -113,17 +115,34 @@ class SweepRunner:
         parser = OverridesParser.create(config_loader=self.loader)
         overrides = parser.parse_overrides(list(arguments))
         fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
-        settings = read_settings(self.config.search)
-        # The eval group and the search metrics it must produce: wrong for every trial alike.
-        problems = evaluation_problems(self.config)
-        if problems:
-            raise ConfigError(problems)
         choices = set(self.config.hydra.runtime.choices)
 
         def group_options(name: str) -> list[str] | None:
             return self.loader.get_group_options(name) if name in choices else None
 
-        space = build_search_space(self.config.search, self.config, overrides, group_options)
+        # Every problem of every part at once: the study settings, the storage, the space and
+        # what every trial's validation would say about the keys it does not search (the
+        # trainer's keys and data, the eval group and the metrics, unknown keys).
+        problems: list[str] = []
+        settings = space = None
+        try:
+            settings = read_settings(self.config.search)
+        except ConfigError as err:
+            problems += err.problems
+        if settings is not None:
+            problem = storage_problem(storage_url(settings, self.config.paths.runs_dir))
+            if problem:  # the default storage lives in the runs folder
+                key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
+                problems.append(f"{key}: {problem}")
+        try:
+            space = build_search_space(self.config.search, self.config, overrides, group_options)
+        except ConfigError as err:
+            problems += err.problems
+        searched = space.keys if space is not None else []
+        problems += fixed_problems(self.config, searched, [run_problems])
+        if problems:
+            raise ConfigError(problems)
+        assert settings is not None and space is not None
         build_sampler(settings, space)
         build_pruner(settings)
         return settings, space, fixed

@@ -22,7 +22,7 @@ from sweeper.callbacks import (
     NonFiniteLossGuard,
     configured_callbacks,
 )
-from sweeper.checks import evaluation_problems, needs_evaluation, objective_metrics
+from sweeper.checks import needs_evaluation, objective_metrics, run_problems
 from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
 from trainer.validate import validate_run
@@ -59,7 +59,7 @@ def run_single(cfg: DictConfig) -> float:
     metrics = objective_metrics(cfg)
     directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
     # Bad input stops here, before a tracked run exists: a typo is not an experiment.
-    validate_run(cfg, extra_checks=[evaluation_problems])
+    validate_run(cfg, extra_checks=[run_problems])
     with single_run(cfg) as run:
         losses = EpochLoss()
         sources: list = [losses]

@@ -26,7 +26,7 @@ from sweeper.callbacks import (
     NonFiniteLossGuard,
     configured_callbacks,
 )
-from sweeper.checks import evaluation_problems, needs_evaluation
+from sweeper.checks import needs_evaluation, run_problems
 from sweeper.search_config import SearchSettings, read_settings
 from sweeper.study import build_pruner, make_storage, storage_url
 from trainer.errors import LorasweepError
@@ -170,7 +170,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     from trainer.run import train_from_config
 
     # Every problem of the trial's config at once, before any model loads.
-    validate_run(cfg, extra_checks=[evaluation_problems])
+    validate_run(cfg, extra_checks=[run_problems])
     losses = EpochLoss()
     sources: list = [losses]
     callbacks: list[TrainingCallback] = [

@@ -24,6 +24,27 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``path``, or None: checked before the work that
+    produces it. Its nearest existing folder must be a folder where a file can be created (a
+    hidden probe is created and removed: root may write where the mode bits say no)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot create {path.parent}: {folder} is not a folder"
+    probe = temp_path(folder / path.name)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        return f"cannot write in {folder}: {err.strerror or err}"
+    probe.unlink(missing_ok=True)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new content to; it replaces ``path`` when the

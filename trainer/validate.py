@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from trainer.errors import ConfigError, LorasweepError
-from trainer.models.loading import BUILT_IN_MODELS
+from trainer.models.loading import BUILT_IN_MODELS, classify_source
 from trainer.modes.settings import mode_problems
 from trainer.speed import speed_problems
 
@@ -27,10 +27,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_NAME_BYTES = 200
 
 
-def validate_run(
-    cfg: DictConfig, extra_checks: Iterable[Callable[[DictConfig], list[str]]] = ()
-) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg`` and its data.
+Check = Callable[[DictConfig], list[str]]
+
+
+def config_problems(cfg: DictConfig, extra_checks: Iterable[Check] = ()) -> list[str]:
+    """Every problem of ``cfg``'s keys, without opening the data: cheap enough to run once per
+    value a sweep may set (``sweeper.search_config``).
 
     ``extra_checks``: more ``check(cfg) -> [problem, ...]`` from the caller (the sweeper's
     ``eval`` and ``search`` groups, which the trainer does not know), reported together.
@@ -44,8 +46,15 @@ def validate_run(
             problems += check(cfg)
         except MissingMandatoryValue as err:
             problems.append(f"{err.full_key}: a value is required (it is ??? in the config)")
+    return problems
+
+
+def validate_run(cfg: DictConfig, extra_checks: Iterable[Check] = ()) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` (``config_problems``) and
+    of its data (every image opened)."""
+    problems = config_problems(cfg, extra_checks)
     if not any(p.startswith(("data.", "paths.")) for p in problems):
-        problems += _scan_data(cfg)
+        problems += data_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
@@ -125,10 +134,49 @@ def _model(cfg: DictConfig) -> list[str]:
     if problem:
         problems.append(problem)
     try:
-        read_model_settings(cfg.model)
+        settings = read_model_settings(cfg.model)
     except ConfigError as err:
         problems += [p for p in err.problems if not p.startswith("model.path")]
+    else:
+        problem = vae_problem(settings.vae) if settings.vae else None
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def vae_problem(value: str) -> str | None:
+    """Why ``model.vae`` cannot be loaded, or None, without loading it: the file must exist
+    and hold VAE weights (its header is read), a folder must be a diffusers VAE or pipeline
+    folder; hub ids are accepted as given."""
+    allowed = (
+        "allowed: null (the base model's own VAE), a .safetensors/.ckpt VAE file, a diffusers "
+        "VAE folder (config.json) or pipeline folder (vae/), or a hub id"
+    )
+    try:
+        kind, location = classify_source(value, key="model.vae")
+    except LorasweepError:
+        return f"model.vae: {value!r} (the VAE) does not exist or is not accepted; {allowed}"
+    if kind == "folder":
+        if not any((Path(location) / sub / "config.json").is_file() for sub in ("", "vae")):
+            return (
+                f"model.vae: folder {value!r} (the VAE) has no config.json or vae/config.json; "
+                f"{allowed}"
+            )
+        return None
+    if kind == "single_file" and Path(location).suffix.lower() == ".safetensors":
+        import safetensors
+
+        try:
+            with safetensors.safe_open(str(location), "pt") as f:
+                keys = list(f.keys())
+        except Exception as err:  # noqa: BLE001 - any unreadable header is a corrupt file
+            return f"model.vae: {value!r} (the VAE) is not a readable .safetensors file ({err})"
+        if not any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+            return (
+                f"model.vae: {value!r} holds no VAE weights (no encoder.*, decoder.* or "
+                f"first_stage_model.* tensors; {len(keys)} others): is it a VAE? {allowed}"
+            )
+    return None
 
 
 def _network(cfg: DictConfig) -> list[str]:
@@ -234,7 +282,7 @@ def _scheduler(cfg: DictConfig) -> list[str]:
     return scheduler_config_problems(cfg.scheduler)
 
 
-def _scan_data(cfg: DictConfig) -> list[str]:
+def data_problems(cfg: DictConfig) -> list[str]:
     """Scan the image folders (every image opened and checked) without loading any model."""
     from trainer.data.kohya_layout import scan_dataset
 

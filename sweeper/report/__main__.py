@@ -17,6 +17,7 @@ import optuna
 
 from sweeper.report.gather import gather
 from sweeper.report.locate import (
+    check_output,
     check_study,
     default_output,
     default_storage,
@@ -60,9 +61,13 @@ def _reader(uri: str | None):
 
 def make_report(args: argparse.Namespace) -> Path:
     storage_url = args.storage or default_storage()
+    if args.out is not None:
+        check_output(args.out)
     storage = open_storage(storage_url)
     name = args.study or latest_study(storage)
     check_study(storage, name)
+    if args.out is None:
+        check_output(default_output(name))
     study = optuna.load_study(study_name=name, storage=storage)
     reader = _reader(args.tracking_uri or study.user_attrs.get(STUDY_ATTR_URI))
     with tempfile.TemporaryDirectory(prefix="lorasweep-report-") as scratch:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import optuna
 
-from sweeper.study import DEFAULT_DB
+from sweeper.study import DEFAULT_DB, storage_problem
+from trainer.atomic_write import output_problem
 from trainer.errors import LorasweepError
 
 
@@ -46,7 +47,17 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             f"--storage {url}: no such file; run a sweep first (python -m sweeper -m) or give "
             "the storage of one (search.storage, or the sweep's results file's `storage`)"
         )
+    problem = storage_problem(url)
+    if problem:
+        raise ReportInputError(f"--storage: {problem}")
     return optuna.storages.RDBStorage(url)
+
+
+def check_output(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before the report is gathered."""
+    problem = output_problem(out)
+    if problem:
+        raise ReportInputError(f"--out {str(out)!r}: {problem}")
 
 
 def latest_study(storage: optuna.storages.BaseStorage) -> str:

@@ -294,3 +294,70 @@ def test_a_huge_grid_is_refused_before_anything_is_listed(compose):
     }
     message = problems_of(compose(), params=wide, sampler=grid)
     assert "the grid has 20,200 combinations (network.dim: 200, optimizer.unet_lr: 101)" in message
+
+
+@pytest.mark.parametrize(
+    ("cli", "says"),
+    [
+        ("network.dim=0,4", "command line `network.dim=0,4`: value 0: network.dim"),
+        ("network.dim=abc,4", "command line `network.dim=abc,4`: value 'abc': network.dim"),
+        ("train.max_train_epochs=0,2", "value 0: train.max_train_epochs: 0 must be an integer"),
+        ("optimizer.unet_lr=interval(-1,1)", "value -1.0: optimizer.unet_lr"),
+    ],
+)
+def test_command_line_sweep_values_are_checked_like_a_run(compose, cli, says):
+    message = problems_of(compose(), cli)
+    assert says in message
+    assert "value 4:" not in message and "value 2:" not in message  # good values pass
+
+
+def test_yaml_and_category_range_bounds_are_checked(compose):
+    params = {"train": {"noise_offset": {"type": "float", "low": -0.1, "high": 0.1}}}
+    message = problems_of(compose(), params=params)
+    assert "search.params.train.noise_offset: value -0.1: train.noise_offset: -0.1 must be" in (
+        message
+    )
+    assert "value 0.1:" not in message
+    cli = ("+category=F", "category.search.max_train_steps=[0,10]")
+    cfg = compose(*cli, "search.category_ranges.max_train_steps.log=false")
+    message = problems_of(cfg, *cli)
+    assert "category.search.max_train_steps (category F): value 0: train.max_train_steps" in (
+        message
+    )
+
+
+def test_cli_sweep_with_a_bad_value_stops_before_the_first_trial(tmp_path):
+    from sweep_helpers import make_dataset, run_sweep, sweep_env, tiny_overrides
+
+    sweep_dir = tmp_path / "sweep"
+    env = sweep_env(tmp_path, tmp_path / "cache")
+    proc = run_sweep([*tiny_overrides(make_dataset(tmp_path), sweep_dir), "network.dim=0,4"], env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "command line `network.dim=0,4`: value 0: network.dim" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not sweep_dir.exists() or not list(sweep_dir.iterdir())
+
+
+def test_fixed_keys_are_checked_once_and_searched_keys_left_to_their_values(compose):
+    from sweeper.search_values import fixed_problems
+
+    cfg = compose("network.dim=0", "+optimizer.args.weight_decay=-1", "optimizer.lr=-1")
+    problems = fixed_problems(cfg, ["network.dim", "optimizer"], [])
+    assert not any(p.startswith(("network.dim", "optimizer.")) for p in problems)
+    problems = fixed_problems(cfg, [], [])
+    assert any(p.startswith("network.dim = 0") for p in problems)
+    assert any(p.startswith("optimizer.lr: -1") for p in problems)
+
+
+def test_cli_sweep_with_a_bad_fixed_value_stops_before_the_first_trial(tmp_path):
+    from sweep_helpers import make_dataset, run_sweep, sweep_env, tiny_overrides
+
+    sweep_dir = tmp_path / "sweep"
+    env = sweep_env(tmp_path, tmp_path / "cache")
+    args = [*tiny_overrides(make_dataset(tmp_path), sweep_dir), "+optimizer.args.weight_decay=-1"]
+    proc = run_sweep([*args, "network.dim=4,8", f"data.reg_dir={tmp_path / 'none'}"], env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "2 problem(s)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "optimizer.args.weight_decay: -1 is refused by torch.optim.adamw.AdamW" in proc.stderr
+    assert f"data.reg_dir: regularisation data folder '{tmp_path / 'none'}'" in proc.stderr
+    assert not sweep_dir.exists() or not list(sweep_dir.iterdir())

@@ -3,11 +3,12 @@ before any model loads, and those checks are the builders' own rules (they canno
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from sweeper.checks import evaluation_problems
+from sweeper.checks import run_problems
 from sweeper.search_config import build_search_space, read_settings
 from trainer.data.dataset import DataOptions
 from trainer.errors import ConfigError
@@ -60,10 +61,28 @@ def _overrides(group: str, option: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_option_passes_the_run_and_sweep_checks(compose, tmp_path, group, option):
     cfg = compose(*_overrides(group, option, tmp_path))
-    # What a single run and every trial check (the sweeper's eval / metric checks included).
-    validate_run(cfg, extra_checks=[evaluation_problems])
+    # What a single run and every trial check (the sweeper's eval, metric and key checks).
+    if (group, option) == ("eval", "dreambench") and _offline_uncached(cfg.eval.clip_model):
+        # Its hub models are read from the local cache only (the tests are offline): without
+        # them it is refused before training, naming both; with the tiny models it passes.
+        with pytest.raises(ConfigError) as err:
+            validate_run(cfg, extra_checks=[run_problems])
+        assert [p.split(":")[0] for p in err.value.problems] == [
+            "eval.clip_model",
+            "eval.dino_model",
+        ]
+        cfg = compose(
+            *_overrides(group, option, tmp_path), "eval.clip_model=tiny", "eval.dino_model=tiny"
+        )
+    validate_run(cfg, extra_checks=[run_problems])
     # What the sweep checks before its first trial.
     read_settings(cfg.search)
+    if (group, option) == ("network", "ia3"):
+        # (IA)^3 has no rank: the default space's network.dim would fail every trial, so the
+        # sweep refuses it up front; without the rank parameters it sweeps.
+        with pytest.raises(ConfigError, match=r"search.params.network.dim: value 4: network.dim"):
+            build_search_space(cfg.search, cfg, [], group_options)
+        cfg = compose(*_overrides(group, option, tmp_path), "search.params.network=null")
     build_search_space(cfg.search, cfg, [], group_options)
 
 
@@ -89,6 +108,13 @@ def test_validation_refuses_what_the_builders_refuse(compose, override, key):
     assert key in str(validation.value)
     for problem in builder.value.problems:
         assert problem in validation.value.problems
+
+
+def _offline_uncached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return offline and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
 def _model(cfg):

@@ -154,6 +154,14 @@ def _scan_entry(
         return None
     known_problems = len(problems)
     images = _scan_images(entry, n_repeats, class_token, caption_extension, is_reg, problems)
+    uncaptioned = [item.path.name for item in images if not item.caption]
+    if not class_token and uncaptioned:
+        problems.append(
+            f"{str(entry)!r}: the folder name gives no class token ('<N>_<class token>', e.g. "
+            f"'5_chelsea cat'), and {len(uncaptioned)} image(s) have no caption file (e.g. "
+            f"{uncaptioned[0]!r}): they would train on an empty caption; name the class token "
+            "or give every image a caption"
+        )
     if not images and len(problems) == known_problems:
         log.warning("folder %s has no image (%s)", entry, ", ".join(sorted(IMAGE_EXTENSIONS)))
     return Subset(entry, n_repeats, class_token, is_reg, tuple(images))

@@ -15,6 +15,7 @@ receives built objects; it never reads the config tree.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,8 @@ from trainer.loop.noise import (
     training_target,
 )
 from trainer.models.text_encoding import encode_tokens, tokenize_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,11 +107,20 @@ def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) ->
 def plan_length(
     batches_per_epoch: int, grad_accum: int, max_epochs: int, max_steps: int | None
 ) -> tuple[int, int]:
-    """(epochs, optimizer steps): ``max_steps`` wins over epochs when set, as in kohya."""
+    """(epochs, optimizer steps): ``max_steps`` wins over epochs when set, as in kohya.
+    Logged at INFO with what decided it: a run's length is never a surprise."""
     per_epoch = steps_per_epoch(batches_per_epoch, grad_accum)
     if max_steps:
-        return math.ceil(max_steps / per_epoch), int(max_steps)
-    return int(max_epochs), int(max_epochs) * per_epoch
+        epochs, steps = math.ceil(max_steps / per_epoch), int(max_steps)
+        reason = f"train.max_train_steps={max_steps} (it wins over max_train_epochs={max_epochs})"
+    else:
+        epochs, steps = int(max_epochs), int(max_epochs) * per_epoch
+        reason = f"train.max_train_epochs={max_epochs} (train.max_train_steps is null)"
+    log.info(
+        "plan: %d optimizer steps over %d epochs of %d steps, set by %s",
+        steps, epochs, per_epoch, reason,
+    )  # fmt: skip
+    return epochs, steps
 
 
 class TextConditioner:

@@ -304,11 +304,58 @@ def lr_metrics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def optimizer_config_problems(opt_cfg: Any) -> list[str]:
-    """Every problem of ``opt_cfg`` as messages (empty when it builds), for up-front checks."""
+    """Every problem of ``opt_cfg`` as messages (empty when it builds), for up-front checks:
+    the config's own rules, then the class's (constructed on a dummy parameter)."""
     try:
-        plan_optimizer(opt_cfg)
+        plan = plan_optimizer(opt_cfg)
     except ConfigError as exc:
         return list(exc.problems)
     except BackendMissingError as exc:
         return [f"optimizer.name: {exc}"]
-    return []
+    return construction_problems(plan)
+
+
+# What an optimizer's constructor raises for an argument of the wrong type or range.
+_REFUSALS = (TypeError, ValueError, NotImplementedError, AssertionError)
+
+
+def _refusal(plan: OptimizerPlan, args: Mapping[str, Any]) -> Exception | None:
+    group: dict[str, Any] = {"params": [torch.nn.Parameter(torch.zeros(2, 2))]}
+    if plan.unet_lr is not None:
+        group["lr"] = plan.unet_lr
+    kwargs = dict(args)
+    if plan.lr is not None:
+        kwargs["lr"] = plan.lr
+    try:
+        with torch.no_grad():
+            plan.cls([group], **kwargs)
+    except _REFUSALS as exc:
+        return exc
+    except Exception:  # noqa: BLE001 - not the arguments (a missing GPU ...): the build says
+        return None
+    return None
+
+
+def construction_problems(plan: OptimizerPlan) -> list[str]:
+    """Construct the optimizer class with ``optimizer.args`` over one dummy parameter (cheap:
+    constructors check their arguments and allocate no state) and report what it refuses under
+    each argument that causes it: added one at a time to those it accepted, in order."""
+    refused = _refusal(plan, plan.args)
+    if refused is None:
+        return []
+    cls = f"{plan.cls.__module__}.{plan.cls.__name__}"
+    accepted: dict[str, Any] = {}
+    problems = []
+    for key, value in plan.args.items():
+        exc = _refusal(plan, {**accepted, key: value})
+        if exc is None:
+            accepted[key] = value
+        else:
+            problems.append(
+                f"optimizer.args.{key}: {value!r} is refused by {cls} ({plan.name}): "
+                f"{type(exc).__name__}: {exc}"
+            )
+    return problems or [
+        f"optimizer.args: {plan.args} (lr {plan.lr}): {cls} refuses them: "
+        f"{type(refused).__name__}: {refused}"
+    ]
