@@ -8,6 +8,9 @@ import json
 import logging
 import re
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,11 +263,66 @@ def kept_files(saved: Sequence, best_epoch: int | None, which: str) -> list:
     return best or [saved[-1]]
 
 
+# A tracking server is asked once, this long, before any run is created: MLflow's own HTTP
+# client retries a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES/_TIMEOUT).
+PROBE_TIMEOUT_S = 3.0
+# An unreachable server is asked again after this long (it may have come back), warned once.
+_PROBE_AGAIN_S = 60.0
+_probed: dict[str, tuple[float, str | None]] = {}  # uri -> (when, why unreachable or None)
+_warned: set[str] = set()
+
+
+class TrackingUnreachable(RuntimeError):
+    """The ``tracking.uri`` server did not answer the probe."""
+
+
+def unreachable_reason(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the HTTP(S) tracking server at ``uri`` cannot be used (no connection, no answer
+    within ``timeout`` s), or None when it answers (any HTTP status: it is there) or ``uri``
+    is not a server (sqlite, file, databricks...). One request, no retries."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/health", "", ""))
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - http(s) only
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered (401 behind a proxy, 404 on an older server)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+def check_reachable(settings: TrackingSettings) -> None:
+    """Raise :class:`TrackingUnreachable` when ``tracking.uri`` is a server that does not
+    answer; probed at most once a minute per process, warned once."""
+    uri = settings.uri
+    when, reason = _probed.get(uri, (float("-inf"), None))
+    if reason is None and when > float("-inf"):
+        return
+    if time.monotonic() - when >= _PROBE_AGAIN_S:
+        reason = unreachable_reason(uri)
+        _probed[uri] = (time.monotonic(), reason)
+    if reason is None:
+        return
+    message = (
+        f"tracking.uri={hide_password(uri)} does not answer ({reason}, probed with a "
+        f"{PROBE_TIMEOUT_S:g} s timeout); the run goes on untracked. Start the server, or set "
+        "tracking.uri to a reachable one (or tracking.enabled=false)"
+    )
+    if uri not in _warned:
+        _warned.add(uri)
+        log.warning("tracking: %s", message)
+    raise TrackingUnreachable(message)
+
+
 def _client(settings: TrackingSettings):
     """A client; an embedded SQLite store is created (schema migrations) under a file lock, so
     workers starting together on a new store do not run the migrations twice at once."""
     from mlflow import MlflowClient
 
+    check_reachable(settings)
     if not settings.uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=settings.uri)
     db = Path(settings.uri.removeprefix("sqlite:///"))
@@ -321,6 +379,8 @@ def open_run(
             exp_id = experiment_id(client, experiment, settings)
         tags = {k: _clip(str(v), 8000) for k, v in tags.items() if v is not None}
         run = client.create_run(exp_id, tags=tags, run_name=run_name)
+    except TrackingUnreachable:  # warned once by check_reachable
+        return Tracker()
     except Exception as exc:  # noqa: BLE001
         log.warning("tracking: cannot open a run in %s: %s", hide_password(settings.uri), exc)
         return Tracker()

@@ -5,8 +5,11 @@ parent run's reuse, single runs, and an unreachable server."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -205,14 +208,36 @@ def test_a_single_run_is_one_run_outside_any_sweep(store, tmp_path):
     assert [a.path for a in config] == ["config/resolved_config.yaml"]
 
 
-def test_an_unreachable_tracking_server_never_fails_the_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    cfg = _cfg(tmp_path, tmp_path, "tracking.uri=http://127.0.0.1:9")
-    with single_run(cfg) as run:
-        assert not run.active
-        run.log_metrics({"train/loss": 0.5}, step=1, now=True)
-        MlflowCallback(run).on_step(1, {"train/loss": 0.5})
+@pytest.fixture(params=["closed port", "silent server"])
+def unreachable_uri(request):
+    """A tracking URI nobody answers at: a closed port, or a socket that accepts connections
+    and never replies."""
+    if request.param == "closed port":
+        yield "http://127.0.0.1:9"
+        return
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def test_an_unreachable_tracking_server_never_fails_the_run(tmp_path, unreachable_uri, caplog):
+    """Without MLflow's retry settings touched: seconds, not minutes of HTTP retries, and one
+    warning naming tracking.uri and its value."""
+    cfg = _cfg(tmp_path, tmp_path, f"tracking.uri={unreachable_uri}")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+        with single_run(cfg) as run:
+            assert not run.active
+            run.log_metrics({"train/loss": 0.5}, step=1, now=True)
+            MlflowCallback(run).on_step(1, {"train/loss": 0.5})
+        with single_run(cfg) as again:  # a second run of the process: no second warning
+            assert not again.active
+    assert time.monotonic() - started < 20
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"tracking.uri={unreachable_uri}" in warnings[0]
+    assert "untracked" in warnings[0]
 
 
 def test_workers_starting_together_on_a_new_store_all_get_their_runs(tmp_path):
