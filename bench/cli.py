@@ -6,7 +6,9 @@
     python -m bench train --smoke --results /tmp/r.md             # CI: a few steps, any device
 
 ``--smoke`` shrinks every size to seconds on a CPU (tiny model); the numbers it prints are not
-measurements, only proof that the benchmark still runs.
+measurements, only proof that the benchmark still runs, so they never go to the tracked
+``bench/RESULTS.md``: without ``--results`` a smoke run appends to a new temporary file (named on
+stderr).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from bench.report import DEFAULT_RESULTS, append_block, command_line
@@ -24,7 +27,12 @@ from bench.report import DEFAULT_RESULTS, append_block, command_line
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps: CI, not numbers")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="file to append")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"file to append (default: {DEFAULT_RESULTS.name}; with --smoke a temporary file)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
         "--override",
@@ -100,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, argv)
 
 
+def results_file(args) -> Path:
+    """Where the block goes: ``--results``, else a new temporary file for a smoke run (its
+    numbers are not measurements), else the tracked ``bench/RESULTS.md``."""
+    if args.results is not None:
+        return args.results
+    if args.smoke:
+        return Path(tempfile.mkdtemp(prefix="lorasweep-bench-smoke-")) / "RESULTS.md"
+    return DEFAULT_RESULTS
+
+
 def _run(args, argv: list[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -127,8 +145,9 @@ def _run(args, argv: list[str] | None) -> int:
         )
     text = block.markdown()
     print(text)
-    append_block(block, args.results)
-    print(f"appended to {args.results}", file=sys.stderr)
+    results = results_file(args)
+    append_block(block, results)
+    print(f"appended to {results}", file=sys.stderr)
     return 0
 
 

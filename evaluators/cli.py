@@ -5,6 +5,12 @@ composed onto ``conf/config.yaml`` (``eval.checkpoints='[/m/a.safetensors,/m/b.s
 ``eval.steps=25``, ``data.dir=...``). Prints a table (one row per file) and writes, per file,
 ``epoch-NNNNNN/metrics.json`` and grids under ``eval.output_dir`` (default: an ``eval`` folder
 beside the first file), plus ``summary.json`` with every file's metrics.
+
+An evaluation already there (a sweep trial's own ``eval`` folder, an earlier rescoring) is never
+overwritten: this one goes beside it, to the first free ``<folder>-2``, ``<folder>-3``, ...
+(both named on the output). Writing beside rather than refusing: the trial's folder stays what
+its MLflow run and the report describe, and rescoring a trial's files under other settings (more
+checkpoints, more steps) is what this command is for, so it needs no extra flag.
 """
 
 from __future__ import annotations
@@ -59,6 +65,25 @@ def compose_config(overrides: list[str], first_file: Path):
         return compose(config_name="config", overrides=[*defaults, *overrides])
 
 
+def holds_evaluation(folder: Path) -> bool:
+    """Whether ``folder`` holds an evaluation: a summary, a metrics JSON or a grid image."""
+    if not folder.is_dir():
+        return False
+    return (folder / "summary.json").exists() or any(
+        True for pattern in ("**/metrics.json", "**/*.png") for _ in folder.glob(pattern)
+    )
+
+
+def fresh_output_dir(folder: Path) -> Path:
+    """``folder``, or when it holds an evaluation already the first ``<folder>-N`` (N >= 2)
+    that does not."""
+    candidate, n = folder, 1
+    while holds_evaluation(candidate):
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    return candidate
+
+
 def format_table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
     present = [c for c in COLUMNS if any(c in m for _, _, m in rows)]
     header = ["file", "epoch", *(c.removeprefix("eval/") for c in present)]
@@ -74,7 +99,7 @@ def format_table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
 
 def run(argv: Sequence[str]) -> list:
     """Evaluate the files named in ``argv``; returns the ``EpochEvaluation`` of each."""
-    from evaluators.callback import EvaluationCallback
+    from evaluators.callback import EvaluationCallback, default_output_dir
     from evaluators.harness import epoch_of
     from trainer.errors import ModelLoadError
 
@@ -85,7 +110,13 @@ def run(argv: Sequence[str]) -> list:
     if missing:
         raise ModelLoadError(f"LoRA file(s) not found: {', '.join(missing)}")
     cfg = compose_config(overrides, files[0])
-    callback = EvaluationCallback(cfg)
+    wanted = default_output_dir(cfg)
+    output_dir = fresh_output_dir(wanted) if wanted is not None else None
+    if output_dir != wanted:
+        print(
+            f"{wanted} already holds an evaluation (left as it is); this one goes to {output_dir}"
+        )
+    callback = EvaluationCallback(cfg, output_dir=output_dir)
     evaluations = []
     for index, path in enumerate(files):
         epoch = epoch_of(path, fallback=index + 1)

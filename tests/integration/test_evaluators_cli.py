@@ -99,6 +99,28 @@ def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_pa
     assert sorted(model_cache.LOAD_COUNTS.values()) == [1, 1]
 
 
+def test_cli_never_overwrites_an_evaluation_already_in_its_folder(tmp_path, capsys):
+    """A sweep trial's folder: its files and its own eval/ (metrics JSON, grids). Rescoring
+    writes to eval-2 (then eval-3), names both folders, and leaves eval/ byte for byte."""
+    trial = tmp_path / "trial-0"
+    trial.mkdir()
+    lora = _lora_file(trial / "penny-000004.safetensors", seed=4)
+    own = trial / "eval" / "epoch-000004"
+    own.mkdir(parents=True)
+    (own / "metrics.json").write_text('{"the trial": "own"}')
+    Image.new("RGB", (4, 4)).save(own / "unet_x_te-tiny.png")
+    before = {p: p.read_bytes() for p in (trial / "eval").rglob("*") if p.is_file()}
+    args = [str(lora), f"paths.project_dir={PROJECT}", f"paths.cache_dir={tmp_path / 'c'}"]
+    for n in (2, 3):
+        assert cli.main([*args, *CHEAP]) == 0
+        out = capsys.readouterr().out
+        assert f"{trial / 'eval'} already holds an evaluation" in out
+        assert f"this one goes to {trial / f'eval-{n}'}" in out
+        assert any((trial / f"eval-{n}" / "epoch-000004").glob("metrics*.json"))
+    after = {p: p.read_bytes() for p in (trial / "eval").rglob("*") if p.is_file()}
+    assert after == before
+
+
 def test_cli_bad_input_is_an_error_message_and_exit_code_2(tmp_path, capsys):
     assert cli.main([str(tmp_path / "missing.safetensors")]) == 2
     assert "LoRA file(s) not found" in capsys.readouterr().err

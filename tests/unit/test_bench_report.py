@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +54,31 @@ def test_mfu_needs_a_peak():
     assert mfu(1e12, None) is None
     assert peak_tflops(torch.device("cpu")) is None
     assert peak_tflops(torch.device("cpu"), override=100.0) == 100.0
+
+
+@pytest.mark.parametrize("bench", ["train", "eval", "sweep"])
+def test_a_smoke_run_never_touches_the_tracked_results_file(bench, monkeypatch, capsys):
+    """Without --results a smoke block goes to a new temporary file named on stderr; the
+    tracked bench/RESULTS.md keeps its bytes. With --results it goes there."""
+    from bench import cli
+    from bench.report import DEFAULT_RESULTS
+
+    def fake(args, command):
+        return Block(args.bench, "CPU", command, ["variant"])
+
+    for name in ("_train", "_eval", "_sweep"):
+        monkeypatch.setattr(cli, name, fake)
+    before = DEFAULT_RESULTS.read_bytes()
+    assert cli.main([bench, "--smoke", "--device", "cpu"]) == 0
+    assert DEFAULT_RESULTS.read_bytes() == before
+    written = Path(capsys.readouterr().err.strip().splitlines()[-1].removeprefix("appended to "))
+    assert written != DEFAULT_RESULTS and written.is_file()
+    assert "SMOKE run" in written.read_text()
+    assert cli.results_file(cli.build_parser().parse_args([bench])) == DEFAULT_RESULTS
+    given = written.parent / "given.md"
+    assert (
+        cli.results_file(
+            cli.build_parser().parse_args([bench, "--smoke", "--results", str(given)])
+        )
+        == given
+    )
