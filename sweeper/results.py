@@ -4,6 +4,7 @@ reproduces the best trial as a single run."""
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,51 @@ from sweeper.study import count_states
 from trainer.atomic_write import write_text
 
 RESULTS_FILE = "optuna_results.yaml"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Overrides that only steer the sweep: a single run does not need them.
-_SWEEP_ONLY = ("search.", "search=", "hydra.", "hydra/", "optuna.")
+_SWEEP_ONLY = ("hydra.", "hydra/", "optuna.")
+# The search keys that only say how trials are proposed, pruned, counted and stored. The others
+# (a ``search=<preset>`` choice, ``search.metrics``, ``search.directions``) choose the objective
+# a run picks its best epoch by: a reproduced run keeps them, or it would keep another epoch.
+_SWEEP_ONLY_SEARCH = {
+    "sampler",
+    "pruner",
+    "n_trials",
+    "n_jobs",
+    "storage",
+    "study_name",
+    "max_failure_rate",
+    "heartbeat",
+    "category_ranges",
+    "params",
+}
+
+
+def _sweep_only(override: str) -> bool:
+    key = override.lstrip("+~").split("=", 1)[0]
+    if key.startswith(_SWEEP_ONLY):
+        return True
+    return key.startswith("search.") and key.split(".")[1] in _SWEEP_ONLY_SEARCH
+
+
+def python_command() -> str:
+    """The interpreter to write in a command: the project's ``.venv/bin/python`` when this
+    process runs from that environment (the command is run in the project folder), else
+    ``python``; never this machine's absolute path."""
+    try:
+        inside = Path(sys.prefix).resolve() == (PROJECT_DIR / ".venv").resolve()
+    except OSError:
+        inside = False
+    return ".venv/bin/python" if inside else "python"
 
 
 def reproduce_command(fixed: Sequence[str], trial_overrides: Sequence[str]) -> str:
-    """``python -m sweeper <fixed overrides> <the trial's sampled overrides>``."""
-    keep = [o for o in fixed if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
-    return " ".join(["python -m sweeper", *(shlex.quote(o) for o in [*keep, *trial_overrides])])
+    """``<python> -m sweeper <fixed overrides> <the trial's sampled overrides>``: every config
+    group and key that shaped the trial, the objective included; not the sweep's own steering
+    (sampler, pruner, trial count, storage, Hydra's sweep settings)."""
+    keep = [o for o in fixed if not _sweep_only(o)]
+    words = [shlex.quote(o) for o in [*keep, *trial_overrides]]
+    return " ".join([f"{python_command()} -m sweeper", *words])
 
 
 def _plain(value: Any) -> Any:
@@ -75,7 +113,10 @@ def summarize(
     n_trials: int,
     storage: str,
     env: dict[str, str] | None = None,
+    grid_size: int | None = None,
 ) -> dict:
+    """The results file's content. ``grid_size``: the points of a grid sampler's grid, which
+    ends the sweep when walked (the target is then the smaller of it and ``n_trials``)."""
     trials = study.get_trials(deepcopy=False)
     multi = len(study.directions) > 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -85,8 +126,11 @@ def summarize(
         "directions": [d.name.lower() for d in study.directions],
         "metrics": study.metric_names,
         "n_trials": n_trials,
+        "target": min(n_trials, grid_size) if grid_size else n_trials,
         "states": {k: v for k, v in count_states(study).items() if v},
     }
+    if grid_size:
+        summary["grid_size"] = grid_size
     if env:
         summary["environment"] = dict(env)
     if complete and multi:
@@ -101,9 +145,14 @@ def write_results(path: Path, summary: dict) -> Path:
     return write_text(path, OmegaConf.to_yaml(OmegaConf.create(summary)))
 
 
-def print_summary(summary: dict, path: Path) -> None:
+def print_summary(summary: dict, path: Path, storage: str | None = None) -> None:
+    """The sweep's end: best trial(s), the results file, and the commands of the report and
+    the dashboard. ``storage``: the Optuna storage URL when not the default one."""
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items())
-    print(f"\nStudy {summary['study_name']} ({states}; target {summary['n_trials']})")
+    target = summary.get("target", summary["n_trials"])
+    if summary.get("grid_size"):
+        target = f"{target}, a grid of {summary['grid_size']} points"
+    print(f"\nStudy {summary['study_name']} ({states}; target {target})")
     best = [summary["best"]] if "best" in summary else summary.get("pareto_front", [])
     if "pareto_front" in summary:
         print(f"Pareto front ({len(best)} trials) of {summary['metrics']}:")
@@ -120,3 +169,8 @@ def print_summary(summary: dict, path: Path) -> None:
     if env.get("lock_drift", "none") != "none":
         print(f"Warning: installed packages differ from {env['lock_file']}: {env['lock_drift']}")
     print(f"Results: {path}")
+    report = [python_command(), "-m", "sweeper.report", "--study", summary["study_name"]]
+    if storage:
+        report += ["--storage", storage]
+    print(f"Report: {shlex.join(report)}")
+    print("Dashboard (MLflow): make ui")

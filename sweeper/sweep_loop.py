@@ -11,6 +11,7 @@ next process that looks (``fail_stale_trials``) and queued again with the same p
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -197,7 +198,10 @@ class SweepRunner:
             failed = False
         finally:
             env = run_environment(self.config.paths.project_dir)
-            summary = summarize(study, fixed, settings.n_trials, url, env)
+            grid = (
+                math.prod(map(len, space.grid().values())) if settings.sampler == "grid" else None
+            )
+            summary = summarize(study, fixed, settings.n_trials, url, env, grid)
             try:
                 write_results(results_path, summary)
             except OSError as err:
@@ -208,7 +212,7 @@ class SweepRunner:
                     "command again (it resumes the study and writes the file), or read it with "
                     f"`python -m sweeper.report --study {name}`"
                 ) from err
-            print_summary(summary, results_path)
+            print_summary(summary, results_path, summary["storage"] if settings.storage else None)
             finish_sweep_run(self.tracker, summary, results_path, failed=failed)
         return summary
 

@@ -21,6 +21,7 @@ from sweep_helpers import (
     tiny_overrides,
 )
 
+from sweeper.results import python_command
 from trainer.networks.kohya_format import read_lora
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,8 @@ def test_category_f_with_prodigy_fixed_searches_ranks_in_f_range(shared, tmp_pat
         assert meta["ss_optimizer"].startswith("prodigyopt.prodigy.Prodigy")
         assert 1 <= trial["params"]["network.alpha"] <= trial["params"]["network.dim"]
     best = summary["best"]
-    assert best["command"].startswith("python -m sweeper +category=F optimizer=prodigy ")
+    prefix = f"{python_command()} -m sweeper +category=F optimizer=prodigy "
+    assert best["command"].startswith(prefix)
     assert f"network.dim={best['params']['network.dim']}" in best["command"]
     assert "search.n_trials" not in best["command"]
 

@@ -27,6 +27,7 @@ from skimage import data as skdata
 
 from sweeper.provenance import data_hash
 from sweeper.report.render import SECTION_IDS
+from sweeper.results import python_command
 
 pytestmark = pytest.mark.slow
 
@@ -267,7 +268,7 @@ def test_reproduction_command_gives_the_best_objective_exactly(sweep):
     page = sweep.report.read_text()
     block = re.search(r'<section id="reproduce">.*?<pre>(.*?)</pre>', page, re.S)
     command = html.unescape(block.group(1))
-    assert command.startswith("python -m sweeper ")
+    assert command.startswith(f"{python_command()} -m sweeper ")  # .venv/bin/python here
     proc = subprocess.run(
         ["bash", "-c", command], cwd=PROJECT_DIR, env=sweep.env, capture_output=True,
         text=True, timeout=300,

@@ -136,10 +136,53 @@ def test_reproduce_command_keeps_the_experiment_and_drops_the_sweep():
     fixed = ["+category=F", "optimizer=prodigy", "search.n_trials=4", "hydra/launcher=joblib",
              "hydra.sweep.dir=/tmp/x", "data.dir=/data/my cat"]  # fmt: skip
     command = reproduce_command(fixed, ["network.dim=96", "network.alpha=12"])
-    assert command == (
-        "python -m sweeper +category=F optimizer=prodigy 'data.dir=/data/my cat' "
-        "network.dim=96 network.alpha=12"
+    assert command.split(" -m sweeper ")[1] == (
+        "+category=F optimizer=prodigy 'data.dir=/data/my cat' network.dim=96 network.alpha=12"
     )
+
+
+def test_reproduce_command_keeps_the_objective_and_drops_only_the_sweeps_steering():
+    """A reproduced run picks its best epoch by the trial's objective: search=pareto and
+    search.metrics / search.directions stay; sampler, pruner, counts and storage go."""
+    fixed = ["search=pareto", "search.metrics=[eval/clip_i,eval/clip_t]",
+             "search.directions=[maximize,maximize]", "search.sampler.name=random",
+             "search.pruner.name=none", "search.n_trials=8", "search.n_jobs=2",
+             "search.storage=sqlite:///x.db", "search.study_name=s", "search.heartbeat.interval=5",
+             "search.max_failure_rate=0.9", "+search.params.network.dim.high=64",
+             "optuna.x=1"]  # fmt: skip
+    command = reproduce_command(fixed, ["network.dim=96"])
+    assert command.split(" -m sweeper ")[1] == (
+        "search=pareto 'search.metrics=[eval/clip_i,eval/clip_t]' "
+        "'search.directions=[maximize,maximize]' network.dim=96"
+    )
+
+
+def test_reproduce_command_names_the_projects_interpreter_not_this_machines(monkeypatch):
+    from sweeper import results
+
+    monkeypatch.setattr(results.sys, "prefix", str(results.PROJECT_DIR / ".venv"))
+    assert reproduce_command([], ["a=1"]) == ".venv/bin/python -m sweeper a=1"
+    monkeypatch.setattr(results.sys, "prefix", "/usr")
+    assert reproduce_command([], ["a=1"]) == "python -m sweeper a=1"
+
+
+def test_the_end_of_a_sweep_names_the_grid_target_and_the_report_and_dashboard(tmp_path, capsys):
+    import optuna
+
+    from sweeper.results import print_summary, summarize
+
+    study = optuna.create_study(study_name="grid-study")
+    summary = summarize(study, [], 20, "sqlite:///x.db", grid_size=12)
+    assert summary["target"] == 12 and summary["n_trials"] == 20
+    assert summarize(study, [], 20, "sqlite:///x.db")["target"] == 20
+    assert summarize(study, [], 4, "sqlite:///x.db", grid_size=12)["target"] == 4
+    print_summary(summary, tmp_path / "r.yaml", "postgresql://u:***@h/db")
+    out = capsys.readouterr().out
+    assert "target 12, a grid of 12 points" in out
+    assert "-m sweeper.report --study grid-study --storage 'postgresql://u:***@h/db'" in out
+    assert "Dashboard (MLflow): make ui" in out
+    print_summary(summarize(study, [], 5, "sqlite:///x.db"), tmp_path / "r.yaml")
+    assert "-m sweeper.report --study grid-study\n" in capsys.readouterr().out
 
 
 def test_multirun_flag_may_follow_the_overrides():
