@@ -31,6 +31,9 @@ from sweeper.tracking.runs import STUDY_ATTR_PARENT, STUDY_ATTR_URI, TRIAL_ATTR_
 
 log = logging.getLogger(__name__)
 TOP_TRIALS = 10
+# Below this many complete trials, fANOVA importances are shown with a warning: a handful of
+# points cannot separate a parameter's effect from noise.
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TrialInfo:
     output_dir: str | None
     run_id: str | None
     command: str | None
+    best_file: str | None = None
 
 
 @dataclass
@@ -104,6 +108,7 @@ def trial_info(trial: FrozenTrial, command: str | None) -> TrialInfo:
         output_dir=attrs.get("output_dir"),
         run_id=attrs.get(TRIAL_ATTR_RUN),
         command=command,
+        best_file=attrs.get("best_file"),
     )
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sweeper.report import plots
 from sweeper.report.diagnose import diagnoses
-from sweeper.report.gather import ReportData, TrialInfo
+from sweeper.report.gather import MIN_TRIALS_FOR_IMPORTANCE, ReportData, TrialInfo
 from sweeper.report.markup import Markup, bullets, fmt, heading, image, join, para, pre, table
 
 _GRID_WIDTH = 480  # smaller grids are shown enlarged
@@ -31,6 +31,22 @@ def _best_line(best: TrialInfo | None) -> str:
     return f"{best.number}: {fmt(best.values)} at epoch {best.best_epoch}"
 
 
+def keep_file(data: ReportData) -> tuple[str, str]:
+    """The best trial's file to keep: its path, and where its MLflow run holds a copy."""
+    best = data.best[0] if data.best else None
+    if best is None or not best.best_file:
+        return "none (no trial completed with a saved file)", "-"
+    name = best.best_file.replace("\\", "/").rsplit("/", 1)[-1]
+    logged = _get(data.config, "tracking.log_lora_files")
+    if not best.run_id:
+        where = "not tracked (no MLflow run for this trial)"
+    elif logged == "none":
+        where = f"not logged (tracking.log_lora_files=none) in run {best.run_id}"
+    else:
+        where = f"artifact lora/{name} of MLflow run {best.run_id}"
+    return best.best_file, where
+
+
 def summary(data: ReportData) -> Markup:
     parts: list[str] = []
     if any(e.random_weights for e in data.outputs.evals.values()):
@@ -48,6 +64,8 @@ def summary(data: ReportData) -> Markup:
         ("Objectives", ", ".join(f"{m} ({d})" for m, d in zip(data.metrics, data.directions))),
         ("Trials", ", ".join(f"{n} {s.lower()}" for s, n in data.states.items())),
         ("Best trial", _best_line(best)),
+        ("File to keep", keep_file(data)[0]),
+        ("File to keep, in MLflow", keep_file(data)[1]),
         ("Base model", _get(data.config, "model.path") or _get(data.config, "model.name")),
         ("Training data", _get(data.config, "data.dir")),
         ("Evaluation prompts", bullets(_get(data.config, "eval.prompts") or [])),
@@ -109,6 +127,14 @@ def importance(data: ReportData) -> Markup:
     ]
     if data.importance_note:
         parts.append(para(data.importance_note, "note"))
+    complete = data.states.get("COMPLETE", 0)
+    if complete < MIN_TRIALS_FOR_IMPORTANCE:
+        text = (
+            f"These importances rest on {complete} complete trial{'s' * (complete != 1)} "
+            f"(fewer than {MIN_TRIALS_FOR_IMPORTANCE}): too few to tell a parameter's effect "
+            "from noise. Read them as a hint; run more trials before trusting them."
+        )
+        parts.insert(0, para(text, "warn"))
     return join(parts)
 
 

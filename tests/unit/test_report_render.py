@@ -139,3 +139,26 @@ def test_report_cli_names_a_missing_storage_or_study(tmp_path, capsys):
     assert "--study 'absent': not in the storage; it has ['present']" in capsys.readouterr().err
     assert main(["--storage", url]) == 2  # no study with a trial: nothing to report
     assert "no study with a trial" in capsys.readouterr().err
+
+
+def test_the_report_names_the_file_to_keep_and_its_mlflow_artifact():
+    data = _data()
+    data.best[0].best_file = "/runs/2026-01-01/trial-0/penny-000001.safetensors"
+    data.best[0].run_id = "abc123"
+    page = render(data)
+    assert "/runs/2026-01-01/trial-0/penny-000001.safetensors" in page
+    assert "artifact lora/penny-000001.safetensors of MLflow run abc123" in page
+    data.config["tracking"] = {"log_lora_files": "none"}
+    assert "not logged (tracking.log_lora_files=none)" in render(data)
+    data.best[0].run_id = None
+    assert "not tracked" in render(data)
+
+
+def test_importances_of_too_few_trials_say_how_few():
+    data = _data()
+    data.importances = {"eval/objective": {"network.dim": 1.0}}
+    page = render(data).split('<section id="importance">')[1].split("</section>")[0]
+    assert "rest on 2 complete trials (fewer than 10)" in page
+    data.states = {"COMPLETE": 12}
+    page = render(data).split('<section id="importance">')[1].split("</section>")[0]
+    assert "complete trials (fewer than" not in page
