@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import re
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -291,6 +292,8 @@ def unreachable_reason(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None
         return None  # it answered (401 behind a proxy, 404 on an older server)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return None  # it answered the handshake; MLflow has its own TLS settings
         return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
 
 

@@ -113,3 +113,34 @@ def test_git_state_and_versions_describe_this_checkout():
     assert git_state(Path("/")) == {}
     versions = package_versions()
     assert versions["torch"].startswith("2.13.0") and "mlflow" in versions and "python" in versions
+
+
+def test_the_tracking_probe_counts_any_answer_as_a_server(monkeypatch):
+    """An HTTP error status or a TLS handshake is a server that is there (MLflow handles auth
+    and certificates); no connection is unreachable; a store that is not a server is not
+    probed at all."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from sweeper.tracking.runs import unreachable_reason
+
+    def raising(exc):
+        def urlopen(url, timeout):
+            assert url == "https://host:5000/health" and timeout <= 5
+            raise exc
+
+        return urlopen
+
+    answers = {
+        urllib.error.HTTPError("u", 401, "Unauthorized", {}, None): None,
+        urllib.error.URLError(ssl.SSLCertVerificationError("self-signed")): None,
+        urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")): "refused",
+        TimeoutError("timed out"): "timed out",
+    }
+    for exc, expected in answers.items():
+        monkeypatch.setattr(urllib.request, "urlopen", raising(exc))
+        reason = unreachable_reason("https://host:5000/mlflow")
+        assert reason is None if expected is None else expected in reason, (exc, reason)
+    assert unreachable_reason("sqlite:///x.db") is None
+    assert unreachable_reason("file:///tmp/mlruns") is None
