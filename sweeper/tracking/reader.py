@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sweeper.tracking.runs import hide_password
+from sweeper.tracking.runs import hide_password, unreachable_reason
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +16,13 @@ class RunReader:
     """Reads runs of the MLflow store at ``uri``."""
 
     def __init__(self, uri: str):
+        """Raises ConnectionError at once for a server that does not answer (one short probe),
+        rather than every read waiting out MLflow's HTTP retries."""
         from mlflow import MlflowClient
 
+        reason = unreachable_reason(uri)
+        if reason:
+            raise ConnectionError(f"the server does not answer ({reason})")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self._runs: dict[str, Any] = {}

@@ -162,3 +162,21 @@ def test_importances_of_too_few_trials_say_how_few():
     data.states = {"COMPLETE": 12}
     page = render(data).split('<section id="importance">')[1].split("</section>")[0]
     assert "complete trials (fewer than" not in page
+
+
+def test_a_report_whose_tracking_server_does_not_answer_takes_seconds(tmp_path, capsys, caplog):
+    import time
+
+    import optuna
+
+    from sweeper.report.__main__ import main
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    study.set_user_attr("mlflow_tracking_uri", "http://127.0.0.1:9")
+    study.set_user_attr("mlflow_parent_run_id", "0123456789abcdef")  # the report is logged there
+    started = time.monotonic()
+    assert main(["--storage", url, "--study", "s", "--out", str(tmp_path / "r.html")]) == 0
+    assert time.monotonic() - started < 20
+    assert (tmp_path / "r.html").is_file()
+    assert "http://127.0.0.1:9 unreadable: the server does not answer" in caplog.text
