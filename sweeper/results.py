@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from sweeper.lockfile import environment
 from sweeper.provenance import git_state
+from sweeper.search_config import SEARCH_KEYS
 from sweeper.study import count_states
 from trainer.atomic_write import write_text
 
@@ -26,18 +27,7 @@ _SWEEP_ONLY = ("hydra.", "hydra/", "optuna.")
 # The search keys that only say how trials are proposed, pruned, counted and stored. The others
 # (a ``search=<preset>`` choice, ``search.metrics``, ``search.directions``) choose the objective
 # a run picks its best epoch by: a reproduced run keeps them, or it would keep another epoch.
-_SWEEP_ONLY_SEARCH = {
-    "sampler",
-    "pruner",
-    "n_trials",
-    "n_jobs",
-    "storage",
-    "study_name",
-    "max_failure_rate",
-    "heartbeat",
-    "category_ranges",
-    "params",
-}
+_SWEEP_ONLY_SEARCH = set(SEARCH_KEYS) - {"directions", "metrics"}
 
 
 def _sweep_only(override: str) -> bool:
