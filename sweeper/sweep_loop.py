@@ -338,7 +338,7 @@ class SweepRunner:
         if earlier is None:
             return False
         trial.set_user_attr("duplicate_of", earlier.number)
-        for key in ("best_epoch", "pruned_at_epoch", "output_dir"):
+        for key in ("best_epoch", "pruned_at_epoch", "epoch_metrics", "best_file", "output_dir"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         if earlier.state == TrialState.COMPLETE:
