@@ -63,6 +63,7 @@ from sweeper.study import (
 from sweeper.tracking import (
     Tracker,
     close_dead_runs,
+    dashboard_url,
     finish_sweep_run,
     job_overrides,
     record_trial,
@@ -237,7 +238,12 @@ class SweepRunner:
                     "command again (it resumes the study and writes the file), or read it with "
                     f"`python -m sweeper.report --study {name}`"
                 ) from err
-            print_summary(summary, results_path, summary["storage"] if settings.storage else None)
+            print_summary(
+                summary,
+                results_path,
+                summary["storage"] if settings.storage else None,
+                dashboard_url(self.tracker),
+            )
             finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
 
