@@ -30,7 +30,14 @@ def test_sd15_is_registered_once_with_its_kohya_identity():
     assert family.name == "sd15"
     assert family.base_model_version == "sd_v1"
     assert dict(family.kohya_prefixes) == {"unet": "lora_unet", "text_encoder": "lora_te"}
+    # The native geometry is the one the real-checkpoint config (model=sd15) trains at.
+    real = OmegaConf.load(CONF_MODEL / "sd15.yaml")
     geometry = family.native_geometry
+    assert (real.family, real.resolution, real.bucket_reso_steps) == ("sd15", 512, 64)
+    assert (geometry.min_bucket_reso, geometry.max_bucket_reso) == (
+        real.min_bucket_reso,
+        real.max_bucket_reso,
+    )
     assert (geometry.resolution, geometry.bucket_reso_steps) == (512, 64)
     assert family_problems("sd15") == []
 

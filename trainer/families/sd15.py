@@ -30,7 +30,7 @@ class SD15Family(ModelFamily):
     base_model_version = "sd_v1"
     kohya_prefixes = {"unet": kf.UNET_PREFIX, "text_encoder": kf.TEXT_ENCODER_PREFIX}
     native_geometry = BucketGeometry(
-        resolution=512, min_bucket_reso=256, max_bucket_reso=1024, bucket_reso_steps=64
+        resolution=512, min_bucket_reso=320, max_bucket_reso=1024, bucket_reso_steps=64
     )
 
     def load(
