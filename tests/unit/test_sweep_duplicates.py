@@ -57,3 +57,18 @@ def test_a_pruned_configuration_stays_pruned_and_failed_ones_are_tried_again():
     retry = study.ask()
     retry.suggest_int("network.dim", 8, 8)
     assert not runner._reuse_duplicate(study, retry)  # a failure is not a result
+
+
+def test_progress_line_says_where_the_sweep_stands_and_what_remains():
+    from sweeper.sweep_loop import progress_line
+
+    assert progress_line([], 0, 20, 3.2, 1) == "sweep: 0 of 20 trials finished, 3s spent"
+    line = progress_line([60.0, 120.0], 2, 6, 185.0, 2)
+    # 4 trials left, 2 at a time, 90 s each: two rounds = 3 minutes.
+    assert line == (
+        "sweep: 2 of 6 trials finished, 3m05s spent; about 3m00s left "
+        "(1m30s per trial over 2 finished, 2 at a time)"
+    )
+    assert progress_line([4000.0], 1, 3, 4000.0, 1).endswith(
+        "about 2h13m left (1h06m per trial over 1 finished, 1 at a time)"
+    )
