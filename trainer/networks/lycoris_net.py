@@ -30,8 +30,8 @@ from torch import nn
 
 from trainer.errors import ModelLoadError
 from trainer.networks.detect import check_network_type, key_problems
-from trainer.networks.lycoris_config import LycorisSpec, resolve_lycoris_config
 from trainer.networks.lycoris_fixes import apply_fixes
+from trainer.settings.network import LycorisSpec, resolve_lycoris_config
 
 log = logging.getLogger(__name__)
 logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs every module at INFO
@@ -137,7 +137,9 @@ def _lycoris_network(
     )
 
 
-def build_lycoris(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> LycorisNetwork:
+def build_lycoris(
+    unet: nn.Module, text_encoder: nn.Module, network: LycorisSpec | Any
+) -> LycorisNetwork:
     """Freeze ``unet`` and ``text_encoder`` and hook LyCORIS modules into their layers.
 
     The modules are created on the UNet's device, in fp32. Their initial weights give a zero
@@ -145,7 +147,7 @@ def build_lycoris(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) ->
     ``lora_up`` = 0 and ``dora_scale`` = the base weights' row norms), so at step 0 the
     adapted model equals the base model.
     """
-    spec = resolve_lycoris_config(network_cfg)
+    spec = network if isinstance(network, LycorisSpec) else resolve_lycoris_config(network)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     root = text_root(text_encoder) if spec.train_text_encoder else None
