@@ -124,13 +124,61 @@ def _close_child(tracker: Tracker, run_id: str, trial: optuna.trial.FrozenTrial)
     run = tracker._call("read trial run", "get_run", run_id)
     if run is not None and run.info.status == "RUNNING":
         status = "FAILED" if trial.state == TrialState.FAIL else "FINISHED"
+        if str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted"):
+            status = "KILLED"
         tracker._call("end trial run", "set_terminated", run_id, status)
 
 
+def close_dead_runs(tracker: Tracker, study: optuna.Study) -> list[int]:
+    """End the trial runs left RUNNING under the parent by a process that died (SIGKILL, a
+    power cut) once their Optuna trials have ended (failed as stale, or finished elsewhere):
+    each gets its trial's final state, and the parent's best tags are set again. Returns the
+    trial numbers whose runs were closed."""
+    if not tracker.active:
+        return []
+    parent = tracker._call("read sweep run", "get_run", tracker.run_id)
+    if parent is None:
+        return []
+    runs = tracker._call(
+        "find running trial runs",
+        "search_runs",
+        [parent.info.experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{tracker.run_id}' and attributes.status = 'RUNNING'"
+        ),
+        max_results=1000,
+    )
+    closed = []
+    for run in runs or []:
+        number = run.data.tags.get("optuna.trial_number")
+        trial = _frozen(study, int(number)) if number and number.isdigit() else None
+        if trial is None or not trial.state.is_finished():
+            continue
+        _close_child(tracker, run.info.run_id, trial)
+        closed.append(trial.number)
+    if closed:
+        _best_tags(tracker, study, max(closed))
+    return closed
+
+
+def _best_tags(tracker: Tracker, study: optuna.Study, step: int) -> None:
+    if len(study.directions) != 1:
+        return
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return
+    best = study.best_trial
+    tracker.set_tags({"best.trial": best.number, "best.value": repr(best.value)})
+
+
 def finish_sweep_run(
-    tracker: Tracker, summary: dict, results_path: Path | None, failed: bool = False
+    tracker: Tracker,
+    summary: dict,
+    results_path: Path | None,
+    failed: bool = False,
+    status: str | None = None,
 ) -> None:
-    """The sweep's outcome on the parent: state counts, best trial(s), the results file."""
+    """The sweep's outcome on the parent: state counts, best trial(s), the results file; the
+    run ends with ``status`` (FINISHED, FAILED, KILLED), FAILED if only ``failed`` is set."""
     if not tracker.active:
         return
     tags = {f"trials.{state}": n for state, n in summary.get("states", {}).items()}
@@ -140,7 +188,7 @@ def finish_sweep_run(
     tracker.set_tags(tags)
     if results_path is not None and Path(results_path).is_file():
         tracker.log_artifact(results_path)
-    tracker.end("FAILED" if failed else "FINISHED")
+    tracker.end(status or ("FAILED" if failed else "FINISHED"))
 
 
 def log_report(tracker: Tracker, report: Path) -> None:
