@@ -63,6 +63,7 @@ from sweeper.study import (
 from sweeper.tracking import (
     Tracker,
     close_dead_runs,
+    dashboard_url,
     finish_sweep_run,
     job_overrides,
     record_trial,
@@ -115,6 +116,43 @@ class Heartbeat:
             self._thread.join()
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(
+    durations: Sequence[float], done: int, n_trials: int, elapsed: float, parallel: int
+) -> str:
+    """Where the sweep stands: trials finished of the target, time spent by this process, and
+    an estimate of what remains (the finished trials' mean duration x the trials left, divided
+    by the trials run at once)."""
+    line = f"sweep: {done} of {n_trials} trials finished, {_duration(elapsed)} spent"
+    left = max(0, n_trials - done)
+    if durations and left:
+        mean = sum(durations) / len(durations)
+        eta = mean * math.ceil(left / max(1, parallel))
+        line += (
+            f"; about {_duration(eta)} left ({_duration(mean)} per trial over "
+            f"{len(durations)} finished, {max(1, parallel)} at a time)"
+        )
+    return line
+
+
+def _finished_durations(study: optuna.Study) -> list[float]:
+    return [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False, states=DONE)
+        if t.datetime_start and t.datetime_complete and "duplicate_of" not in t.user_attrs
+    ]
+
+
 class SweepRunner:
     """One sweeper process of a study. ``config`` is the composed config (fixed overrides
     applied), ``launcher`` a Hydra launcher, ``config_loader`` Hydra's (for group options)."""
@@ -125,6 +163,7 @@ class SweepRunner:
         self.failed_here = 0
         self.tracker = Tracker()  # the study's MLflow parent run (set in run())
         self.study_name: str | None = None
+        self.started = time.monotonic()
 
     # -- set-up: everything is checked before the storage is touched -------------------------
     def plan(self, arguments: Sequence[str]) -> tuple[SearchSettings, SearchSpace, list[str]]:
@@ -237,7 +276,12 @@ class SweepRunner:
                     "command again (it resumes the study and writes the file), or read it with "
                     f"`python -m sweeper.report --study {name}`"
                 ) from err
-            print_summary(summary, results_path, summary["storage"] if settings.storage else None)
+            print_summary(
+                summary,
+                results_path,
+                summary["storage"] if settings.storage else None,
+                dashboard_url(self.tracker),
+            )
             finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
 
@@ -338,7 +382,7 @@ class SweepRunner:
         if earlier is None:
             return False
         trial.set_user_attr("duplicate_of", earlier.number)
-        for key in ("best_epoch", "pruned_at_epoch", "output_dir"):
+        for key in ("best_epoch", "pruned_at_epoch", "epoch_metrics", "best_file", "output_dir"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         if earlier.state == TrialState.COMPLETE:
@@ -376,9 +420,20 @@ class SweepRunner:
         if not asked:
             return
         trials = [t for t, _ in asked]
-        for trial in trials:
+        done = n_done(count_states(study))
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "%s", progress_line(_finished_durations(study), done, settings.n_trials, elapsed, size)
+        )
+        for k, trial in enumerate(trials, start=1):
             sampled = trial.user_attrs.get("overrides", [])
-            log.info("trial %d: %s", trial.number, " ".join(sampled))
+            log.info(
+                "trial %d (%d of %d): %s",
+                trial.number,
+                done + k,
+                settings.n_trials,
+                " ".join(sampled),
+            )
         ids = [t._trial_id for t in trials]
         try:
             with Heartbeat(storage, ids, settings.heartbeat_interval):

@@ -35,6 +35,7 @@ from sweeper.tracking.runs import (
 )
 from sweeper.tracking.sweep import (
     close_dead_runs,
+    dashboard_url,
     finish_sweep_run,
     job_overrides,
     log_report,
@@ -47,6 +48,7 @@ __all__ = [
     "Tracker",
     "TrackingSettings",
     "close_dead_runs",
+    "dashboard_url",
     "finish_sweep_run",
     "job_overrides",
     "log_report",

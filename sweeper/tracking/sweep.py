@@ -75,9 +75,54 @@ def start_sweep_run(config: DictConfig, study: optuna.Study, fixed: Sequence[str
     study.set_user_attr(STUDY_ATTR_URI, settings.uri)
     study.set_user_attr(STUDY_ATTR_PARENT, tracker.run_id)
     tracker.set_tags({"optuna.metrics": ",".join(study.metric_names or [])})
+    describe_in_ui(tracker, study)
     container = resolved_container(config)
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(container)), "config/sweep_config.yaml")
     return tracker
+
+
+def ui_note(study: optuna.Study, sweep_run_name: str) -> str:
+    """What the MLflow UI shows as the experiment's description: where the runs are and
+    which columns to add (a client cannot set the UI's column view: the browser keeps it)."""
+    metrics = study.metric_names or ["eval/objective"]
+    columns = ", ".join(f"`{m}`" for m in [*metrics, "eval/fidelity", "eval/adherence"])
+    return (
+        f"**lorasweep study `{study.study_name}`.** The run `{sweep_run_name}` is the sweep: "
+        "every trial is a child run nested under it (`trial-N`; open the row's arrow to list "
+        "them). Its tags `best.trial` / `best.value` name the best trial, and its metric "
+        f"`trials/{metrics[0]}` (step = trial number) is the optimisation history.\n\n"
+        f"To compare trials, add the columns (Columns menu): {columns} (the best epoch's "
+        "values are the per-epoch metrics' maxima: open a trial, Model metrics, step = epoch), "
+        "and the parameters `sampled/*` (what Optuna chose). Each trial's tags "
+        "`optuna.trial_state` and `lorasweep.best_epoch` say how it ended and which epoch to "
+        "keep; its `lora/` artifact is that epoch's file.\n\n"
+        "The research report (`python -m sweeper.report --study "
+        f"{study.study_name}`) is logged on the sweep run under `report/`."
+    )
+
+
+def describe_in_ui(tracker: Tracker, study: optuna.Study) -> None:
+    """The experiment's and the sweep run's descriptions (``mlflow.note.content``)."""
+    run = tracker._call("read sweep run", "get_run", tracker.run_id)
+    if run is None:
+        return
+    note = ui_note(study, run.info.run_name or study.study_name)
+    tracker._call(
+        "describe experiment",
+        "set_experiment_tag",
+        run.info.experiment_id,
+        "mlflow.note.content",
+        note,
+    )
+    tracker.set_tags({"mlflow.note.content": note})
+
+
+def dashboard_url(tracker: Tracker, host: str = "http://127.0.0.1:5000") -> str | None:
+    """The experiment's page in ``make ui``'s dashboard (embedded store only)."""
+    if not tracker.active or not tracker.settings.uri.startswith("sqlite:"):
+        return None
+    run = tracker._call("read sweep run", "get_run", tracker.run_id)
+    return f"{host}/#/experiments/{run.info.experiment_id}" if run is not None else None
 
 
 def job_overrides(tracker: Tracker) -> list[str]:

@@ -116,6 +116,8 @@ def test_sigterm_fails_and_requeues_the_running_trial_then_a_rerun_resumes(share
     assert len(complete) == 2
     requeued = [t for t in complete if t.user_attrs.get("requeued_from") == failed[0].number]
     assert len(requeued) == 1 and requeued[0].params == failed[0].params
+    summary = {t["number"]: t for t in results(tmp_path / "sweep")["trials"]}
+    assert summary[requeued[0].number]["retry_of"] == failed[0].number
     statuses = {r.info.run_id: r.info.status for r in _runs(tmp_path)}
     assert "RUNNING" not in statuses.values()
 

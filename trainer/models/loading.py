@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trainer.errors import ConfigError, ModelLoadError
+from trainer.families import get_family
 from trainer.models import tiny
 from trainer.models.components import SDComponents
 from trainer.models.ldm_format import (
@@ -259,13 +260,20 @@ def load_vae(value: str, base_config: dict) -> AutoencoderKL:
 
 
 def load_model(model_cfg, cache_dir: str | Path | None = None) -> SDComponents:
-    """Build the training components the ``model`` config group describes.
+    """Build the training components the ``model`` config group describes, with the loader
+    of its family (``model.family``).
 
     ``cache_dir`` receives derived files (the tiny model's config folder); default: a folder
     in the system's temporary directory.
     """
     settings = read_model_settings(model_cfg)
     cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lorasweep"
+    return get_family(settings.family).load(settings, cache_dir)
+
+
+def load_sd_components(settings: ModelSettings, cache_dir: Path) -> SDComponents:
+    """The SD 1.x loader (``trainer.families.sd15``): built-in models, single files, folders
+    and hub ids, the optional VAE, and the ``clip_skip`` check."""
     if settings.path == "tiny":
         components = tiny.build_tiny_components(settings.weights_seed, settings.prediction_type)
     elif settings.path == "sd15_shape":

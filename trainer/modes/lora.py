@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from trainer.device import SAVE_DTYPES
+from trainer.families import family_of, get_family
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import TrainResult
 from trainer.modes import common
@@ -42,7 +43,9 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     # Adapters are created under the seed so their initial weights do not depend on what ran
     # before (data preparation may draw random numbers).
     torch.manual_seed(spec.train.seed)
-    network = build_network(components.unet, components.text_encoder, spec.network)
+    network = build_network(
+        components.unet, components.text_encoder, spec.network, family_of(components)
+    )
     cast_frozen([components.unet, components.text_encoder], run.speed.frozen_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
@@ -76,7 +79,7 @@ def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int
     captions, buckets, augment = options.captions, options.buckets, options.augment
     return {
         "network_dropout": spec.network.dropout,
-        "base_model_version": "sd_v1",
+        "base_model_version": get_family(spec.model.family).base_model_version,
         "sd_model_name": Path(spec.model.path).name,
         "learning_rate": spec.optimizer.configured_lrs["lr"],
         "unet_lr": lrs.get("unet"),

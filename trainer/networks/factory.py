@@ -49,16 +49,19 @@ class AdapterNetwork(Protocol):
 
 
 def build_network(
-    unet: nn.Module, text_encoder: nn.Module, network: NetworkSpec | Any
+    unet: nn.Module, text_encoder: nn.Module, network: NetworkSpec | Any, family=None
 ) -> AdapterNetwork:
     """Freeze the base model and add the adapters of the spec's type. ``network``: the run's
-    typed spec, or a ``network`` group (read by ``trainer.settings.network.read_network``)."""
+    typed spec, or a ``network`` group (read by ``trainer.settings.network.read_network``).
+
+    ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) chooses which layers are
+    adapted and their kohya names (``family_of(components)`` gives a loaded model's)."""
     spec = network if isinstance(network, LoraSpec | LycorisSpec) else read_network(network)
     if spec.type in LORA_TYPES:
         from trainer.networks.lora import apply_lora
 
-        return apply_lora(unet, text_encoder, spec)
+        return apply_lora(unet, text_encoder, spec, family)
     # Imported here: lycoris-lora is only needed by the LyCORIS types.
     from trainer.networks.lycoris_net import build_lycoris
 
-    return build_lycoris(unet, text_encoder, spec)
+    return build_lycoris(unet, text_encoder, spec, family)

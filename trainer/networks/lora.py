@@ -29,6 +29,7 @@ from torch import nn
 from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from trainer.errors import ModelLoadError
+from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type, key_problems
 from trainer.settings.network import LoraSpec, resolve_network_config
@@ -116,7 +117,7 @@ def _peft_config(targets: dict[str, str], spec: LoraSpec) -> LoraConfig:
 
 
 def _adapt(
-    model: nn.Module, component: str, targets: dict[str, str], spec: LoraSpec
+    model: nn.Module, component: str, targets: dict[str, str], spec: LoraSpec, family
 ) -> list[AdaptedModule]:
     model.add_adapter(_peft_config(targets, spec), adapter_name=ADAPTER_NAME)
     wrapped = sum(isinstance(m, LoraLayer) for m in model.modules())
@@ -130,7 +131,13 @@ def _adapt(
         rank, alpha = layer.r[ADAPTER_NAME], float(layer.lora_alpha[ADAPTER_NAME])
         modules.append(
             AdaptedModule(
-                kf.kohya_module_name(component, path), component, path, kind, rank, alpha, layer
+                family.kohya_module_name(component, path),
+                component,
+                path,
+                kind,
+                rank,
+                alpha,
+                layer,
             )
         )
         for param in (
@@ -141,21 +148,25 @@ def _adapt(
     return modules
 
 
-def apply_lora(unet: nn.Module, text_encoder: nn.Module, network: LoraSpec | Any) -> LoraNetwork:
+def apply_lora(
+    unet: nn.Module, text_encoder: nn.Module, network: LoraSpec | Any, family=None
+) -> LoraNetwork:
     """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters.
 
-    ``network``: the run's typed spec, or a ``network`` group (read by the same reader)."""
+    ``family`` (a ``trainer.families`` ModelFamily; default SD 1.x) chooses the target layers
+    and their kohya names. ``network``: the run's typed spec, or a ``network`` group (read by
+    the same reader)."""
+    family = family or get_family(DEFAULT_FAMILY)
     spec = network if isinstance(network, LoraSpec) else resolve_network_config(network)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     modules: list[AdaptedModule] = []
     if spec.train_unet:
-        targets = find_unet_targets(unet, with_conv=spec.type == "locon")
-        modules += _adapt(unet, "unet", targets, spec)
+        targets = family.lora_targets("unet", unet, with_conv=spec.type == "locon")
+        modules += _adapt(unet, "unet", targets, spec, family)
     if spec.train_text_encoder:
-        modules += _adapt(
-            text_encoder, "text_encoder", find_text_encoder_targets(text_encoder), spec
-        )
+        targets = family.lora_targets("text_encoder", text_encoder, with_conv=False)
+        modules += _adapt(text_encoder, "text_encoder", targets, spec, family)
     return LoraNetwork(spec, modules)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.families import DEFAULT_FAMILY, family_problems
 from trainer.settings.read import ABSENT, is_int, value
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -33,6 +34,8 @@ class ModelSettings:
     clip_skip: int = 1
     vae: str | None = None
     single_file_config: str = "sd15"
+    # Which ``trainer.families`` implementation loads, trains and samples this model.
+    family: str = DEFAULT_FAMILY
 
 
 def _or(node: Any, key: str) -> Any:
@@ -45,6 +48,8 @@ def _or(node: Any, key: str) -> Any:
 def read_model_settings(model_cfg: Any) -> ModelSettings:
     """Read and check the keys of ``model_cfg`` (a DictConfig, dict or object)."""
     problems = []
+    family = _or(model_cfg, "family")
+    problems += family_problems(family)
     path = value(model_cfg, "path", None)
     if path in (None, "", "???"):
         problems.append(f"model.path is required; accepted: {ACCEPTED_PATHS}")
@@ -64,6 +69,7 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
         raise ConfigError(problems)
     return ModelSettings(
         path=str(path),
+        family=family,
         weights_seed=seed,
         prediction_type=prediction_type,
         clip_skip=clip_skip,
