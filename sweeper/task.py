@@ -10,7 +10,6 @@ objective again; it is tracked as one MLflow run and prints where the files are.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +38,6 @@ def run_task(cfg: DictConfig) -> Any:
     return run_single(cfg)
 
 
-def best_epoch(
-    results: dict[int, dict[str, float]], metric: str, direction: str
-) -> tuple[int, float] | None:
-    """The epoch with the best finite ``metric`` (the earliest among equals), as a trial picks
-    its best epoch."""
-    finite = {e: r[metric] for e, r in results.items() if math.isfinite(r.get(metric, math.nan))}
-    if not finite:
-        return None
-    pick = max if direction == "maximize" else min
-    epoch = pick(sorted(finite), key=lambda e: finite[e])
-    return epoch, finite[epoch]
-
-
 def run_single(cfg: DictConfig) -> float:
     """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
     from sweeper.tracking import MlflowCallback, single_run
@@ -61,11 +47,9 @@ def run_single(cfg: DictConfig) -> float:
     # Bad input stops here, before a tracked run exists: a typo is not an experiment.
     validate_run(cfg, extra_checks=[run_problems])
     with single_run(cfg) as run:
-        losses = EpochLoss()
-        sources: list = [losses]
         callbacks: list[TrainingCallback] = [
             LogMetrics(),
-            losses,
+            EpochLoss(),
             NonFiniteLossGuard(),
             *configured_callbacks(cfg),
         ]
@@ -75,14 +59,10 @@ def run_single(cfg: DictConfig) -> float:
 
             evaluation = EvaluationCallback(cfg)
             callbacks.append(evaluation)
-            sources.append(evaluation)
-        callbacks.append(MlflowCallback(run, sources, evaluation))
+        callbacks.append(MlflowCallback(run, evaluation))
         result = train_from_config(cfg, callbacks=callbacks, validated=True)
-        merged: dict[int, dict[str, float]] = {}
-        for source in sources:
-            for epoch, values in source.results.items():
-                merged.setdefault(epoch, {}).update(values)
-        best = best_epoch(merged, metrics[0], directions[0])
+        merged = result.scores.rows()
+        best = result.scores.best(metrics[0], directions[0])
         run.complete("COMPLETE", best[0] if best else None, result.saved, result.stopped_early)
     _print_run(cfg, result, merged, best, metrics)
     return result.mean_loss_last_epoch

@@ -17,6 +17,7 @@ from evaluators.lora_swap import slot_for
 from evaluators.samplers import build_sampler
 from evaluators.settings import read_eval_settings
 from trainer.errors import ModelLoadError
+from trainer.loop.train import EpochRecord, SavedEpoch, TrainResult
 from trainer.models.ldm_format import save_single_file
 from trainer.models.tiny import build_tiny_components
 from trainer.networks import kohya_format as kf
@@ -281,11 +282,6 @@ def test_every_sampler_is_reproducible_with_fixed_seeds(tmp_path):
     assert not np.array_equal(outputs["ddim"], outputs["euler_a"])
 
 
-class _Result:  # what EvaluationCallback.on_train_end reads of a TrainResult
-    def __init__(self, pruned: bool = False):
-        self.pruned = pruned
-
-
 def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
     """Three saved epochs through an EvaluationCallback; returns it and the cells scored."""
     from omegaconf import OmegaConf
@@ -305,10 +301,14 @@ def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
     cfg = OmegaConf.create({"run_name": "run", "eval": {}})
     callback = EvaluationCallback(cfg, output_dir=tmp_path / "eval", harness=h)
     callback.on_train_start({"epochs": 3})
+    result = TrainResult(pruned=pruned)
     for epoch, seed in ((1, 1), (2, 7), (3, 3)):
         path = _lora_file(tmp_path / f"run-{epoch:06d}.safetensors", seed=seed)
-        callback.on_epoch_saved(epoch, path)
-    callback.on_train_end(_Result(pruned))
+        result.saved.append(SavedEpoch(epoch, epoch, path))
+        record = EpochRecord(epoch, epoch, 1.0, 1, 1, path, epoch == 3, result.scores)
+        callback.on_epoch_end(record)
+    callback.on_train_end(result)
+    assert result.scores.rows() == callback.results  # what the evaluation measured, shared
     return callback, scored
 
 

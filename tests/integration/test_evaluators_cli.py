@@ -148,13 +148,14 @@ def test_cli_help_runs_as_a_module():
 
 
 class SeesResults(TrainingCallback):
-    """Placed after the evaluation callback, as the Optuna reporter is."""
+    """Reads the run's scores of each saved epoch, as the Optuna reporter does."""
 
-    def __init__(self, evaluation: EvaluationCallback):
-        self.evaluation, self.seen = evaluation, {}
+    def __init__(self):
+        self.seen = {}
 
-    def on_epoch_saved(self, epoch, path):
-        self.seen[epoch] = self.evaluation.results.get(epoch, {}).get("eval/objective")
+    def on_epoch_scored(self, record):
+        if record.path is not None:
+            self.seen[record.epoch] = record.scores.get(record.epoch).get("eval/objective")
 
 
 def test_callback_evaluates_every_nth_and_the_last_epoch_during_training(compose, tmp_path):
@@ -162,9 +163,10 @@ def test_callback_evaluates_every_nth_and_the_last_epoch_during_training(compose
         "train.max_train_epochs=3", "train.batch_size=2", "eval.every_n_epochs=2", *CHEAP
     )
     evaluation = EvaluationCallback(cfg)
-    after = SeesResults(evaluation)
-    train_from_config(cfg, callbacks=[evaluation, after])
+    after = SeesResults()
+    result = train_from_config(cfg, callbacks=[after, evaluation])  # the reader first
     assert sorted(evaluation.results) == [2, 3]
+    assert result.scores.rows() == evaluation.results
     assert after.seen[1] is None and after.seen[2] is not None and after.seen[3] is not None
     assert evaluation.best_epoch in (2, 3)
     best = max(evaluation.results.values(), key=lambda m: m["eval/objective"])

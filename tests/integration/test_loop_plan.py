@@ -31,10 +31,11 @@ class Records(TrainingCallback):
     def on_epoch_end(self, record):
         self.records.append(record)
 
-    def on_epoch_saved(self, epoch, path):
+    def on_epoch_scored(self, record):
         # Every callback has heard the epoch's record first, whatever the list's order.
-        assert self.records[-1].epoch == epoch and self.records[-1].path == path
-        self.saved.append(epoch)
+        assert self.records[-1] is record
+        if record.path is not None:
+            self.saved.append(record.epoch)
 
 
 def _count_batches(monkeypatch) -> list[int]:
@@ -177,9 +178,9 @@ def test_epoch_loss_is_the_mean_over_every_micro_batch(compose, monkeypatch):
         chunk = losses[(record.epoch - 1) * batches : record.epoch * batches]
         expected = sum(chunk) / len(chunk)
         assert record.loss == pytest.approx(expected, rel=1e-6)
-        assert epoch_loss.results[record.epoch]["train/epoch_loss"] == record.loss
+        assert result.scores.get(record.epoch) == {"train/epoch_loss": record.loss}
         assert result.epoch_losses[record.epoch] == record.loss
-    assert sorted(epoch_loss.results) == [1, 2, 3]
+    assert list(result.scores) == [1, 2, 3]
     assert all(math.isfinite(r.loss) for r in rec.records)
 
 
