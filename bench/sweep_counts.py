@@ -13,7 +13,7 @@ It runs in the trial's own process and appends one JSON line per phase to ``path
 Trials of one sweeper process run one after the other, so a ``setup`` line starts a trial.
 
 Each line has the VAE-encoded images, the evaluation's base-model loads
-(``evaluators.model_cache.LOAD_COUNTS``) and the trainer's base-model loads (calls of
+(``bench.counting``) and the trainer's base-model loads (calls of
 ``trainer.run.load_model``, counted by wrapping it while the trial runs: measurement only).
 """
 

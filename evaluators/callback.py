@@ -7,11 +7,13 @@
     evaluation.results[4]                                # the evaluation's own metrics
     evaluation.best_epoch                               # epoch with the highest objective
 
-Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None)``.
+Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None, pool=None)``.
 ``cfg`` is the composed run config (groups ``eval``, ``model``, ``data``, ``paths``);
 ``output_dir`` receives grids and metrics files (default: ``eval.output_dir``, else
 ``<paths.output_dir>/eval``); ``harness`` reuses an :class:`~evaluators.harness.Harness`
-(default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now).
+(default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now, with
+its models from ``pool``, a :class:`~evaluators.model_cache.ModelPool` the caller keeps across
+runs, or a new one).
 
 It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one
 (``record.is_last``), in ``on_epoch_end``, and adds the metrics to the run's scores
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from evaluators.cadence import auto_every_n_epochs, evaluation_units, overhead
 from evaluators.harness import Harness
+from evaluators.model_cache import ModelPool
 from evaluators.outputs import EpochStrengthGrids, write_metrics, write_unet_te_grids
 from evaluators.results import EpochEvaluation
 from trainer.loop.callbacks import TrainingCallback, best_epoch
@@ -57,9 +60,15 @@ def default_output_dir(cfg) -> Path | None:
 class EvaluationCallback(TrainingCallback):
     """Scores saved epochs; ``results[epoch]`` is the flat metric dict of that epoch."""
 
-    def __init__(self, cfg, output_dir: str | Path | None = None, harness: Harness | None = None):
+    def __init__(
+        self,
+        cfg,
+        output_dir: str | Path | None = None,
+        harness: Harness | None = None,
+        pool: ModelPool | None = None,
+    ):
         self.cfg = cfg
-        self.harness = harness or Harness.from_config(cfg)
+        self.harness = harness or Harness.from_config(cfg, pool)
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
         # "auto" until on_train_start, which knows the epoch's size and sets an int.
         self.every_n_epochs: int | str = self.harness.settings.every_n_epochs

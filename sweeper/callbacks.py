@@ -23,15 +23,12 @@ class TrainingDivergedError(LorasweepError):
 
 
 class LogMetrics(TrainingCallback):
-    """Writes the training metrics to the run's log every ``every`` steps."""
-
-    def __init__(self, every: int = 10):
-        self.every = every
+    """Writes the training metrics of every step the loop reports to the run's log: every
+    ``train.log_every_n_steps``-th step and the last one (the loop's cadence; no second one)."""
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        if step % self.every == 0:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-            log.info("step %d: %s", step, shown)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        log.info("step %d: %s", step, shown)
 
     def on_epoch_end(self, record) -> None:
         if record.path is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,19 +26,24 @@ from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
 from trainer.validate import validate_run
 
+if TYPE_CHECKING:
+    from evaluators.model_cache import ModelPool
+
 log = logging.getLogger(__name__)
 
 
-def run_task(cfg: DictConfig) -> Any:
-    """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss."""
+def run_task(cfg: DictConfig, pool: ModelPool | None = None) -> Any:
+    """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss.
+    ``pool``: where the evaluation loads its models, kept by the caller across jobs (default:
+    a new one for this job)."""
     if cfg.get("optuna") is not None:
         from sweeper.trial import run_trial
 
-        return run_trial(cfg)
-    return run_single(cfg)
+        return run_trial(cfg, pool)
+    return run_single(cfg, pool)
 
 
-def run_single(cfg: DictConfig) -> float:
+def run_single(cfg: DictConfig, pool: ModelPool | None = None) -> float:
     """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
     from sweeper.tracking import MlflowCallback, single_run
 
@@ -57,7 +62,7 @@ def run_single(cfg: DictConfig) -> float:
         if needs_evaluation(metrics):
             from evaluators.callback import EvaluationCallback
 
-            evaluation = EvaluationCallback(cfg)
+            evaluation = EvaluationCallback(cfg, pool=pool)
             callbacks.append(evaluation)
         callbacks.append(MlflowCallback(run, evaluation))
         result = train_from_config(cfg, callbacks=callbacks, validated=True)

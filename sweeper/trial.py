@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import DictConfig
@@ -30,6 +30,9 @@ from sweeper.study import build_pruner, make_storage, storage_url
 from trainer.errors import LorasweepError
 from trainer.loop.callbacks import EpochScores, StopTraining, TrainingCallback, best_epoch
 from trainer.validate import validate_run
+
+if TYPE_CHECKING:
+    from evaluators.model_cache import ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ def open_trial(cfg: DictConfig, settings: SearchSettings) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id)
 
 
-def run_trial(cfg: DictConfig) -> dict[str, Any]:
+def run_trial(cfg: DictConfig, pool: ModelPool | None = None) -> dict[str, Any]:
     """Train the trial's adapter, reporting each evaluated epoch; returns the outcome.
 
     The trial is tracked as a child of the sweep's MLflow run; a trial that raises ends its
@@ -154,10 +157,12 @@ def run_trial(cfg: DictConfig) -> dict[str, Any]:
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
     with trial_run(cfg, trial) as run:
-        return _train_trial(cfg, settings, trial, run)
+        return _train_trial(cfg, settings, trial, run, pool)
 
 
-def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[str, Any]:
+def _train_trial(
+    cfg: DictConfig, settings: SearchSettings, trial, run, pool: ModelPool | None
+) -> dict[str, Any]:
     from sweeper.tracking import MlflowCallback
     from trainer.run import train_from_config
 
@@ -173,7 +178,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     if needs_evaluation(settings.metrics):
         from evaluators.callback import EvaluationCallback
 
-        evaluation = EvaluationCallback(cfg)
+        evaluation = EvaluationCallback(cfg, pool=pool)
         callbacks.append(evaluation)
     reporter = OptunaReporter(trial, settings)
     callbacks += [MlflowCallback(run, evaluation), reporter]

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 
-from evaluators import cli, model_cache
+from evaluators import cli
 from evaluators.callback import EvaluationCallback
+from evaluators.model_cache import ModelPool
 from trainer.loop.callbacks import TrainingCallback
 from trainer.models.ldm_format import save_single_file
 from trainer.models.tiny import build_tiny_components
@@ -54,18 +54,12 @@ def _lora_file(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    model_cache.clear_cache()
-    yield
-    model_cache.clear_cache()
-
-
 def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.mkdir()
     files = [_lora_file(runs / f"penny-{e:06d}.safetensors", seed=e) for e in (4, 8)]
     other = save_single_file(build_tiny_components(seed=3), tmp_path / "other.safetensors")
+    pool = ModelPool()
     code = cli.main(
         [
             *map(str, files),
@@ -73,7 +67,8 @@ def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_pa
             f"paths.project_dir={PROJECT}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             *CHEAP,
-        ]
+        ],
+        pool,
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -96,7 +91,7 @@ def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_pa
     ):
         with Image.open(evaldir / name) as grid:
             assert grid.width > 64 and grid.height > 64
-    assert sorted(model_cache.LOAD_COUNTS.values()) == [1, 1]
+    assert sorted(pool.load_counts.values()) == [1, 1]  # each base once for both files
 
 
 def test_cli_never_overwrites_an_evaluation_already_in_its_folder(tmp_path, capsys):

@@ -197,3 +197,21 @@ def test_max_train_steps_stops_mid_epoch_without_a_remainder_step(compose, monke
     per_epoch = [4] * (batches // 4) + ([batches % 4] if batches % 4 else [])
     assert groups == (per_epoch * 5)[:5]
     assert rec.records[-1].is_last and rec.records[-1].step == 5
+
+
+def test_log_metrics_follows_the_training_cadence_and_logs_the_last_step(compose, caplog):
+    """conf/train/lora.yaml's cadence (every 10th step) over 23 steps: 10, 20, and 23."""
+    import logging
+
+    from sweeper.callbacks import LogMetrics
+
+    cfg = compose("train.max_train_steps=23", "train.batch_size=1")
+    assert cfg.train.log_every_n_steps == 10
+    with caplog.at_level(logging.INFO, logger="sweeper"):
+        result = train_from_config(cfg, callbacks=[LogMetrics()])
+    assert result.global_step == 23
+    lines = [r.getMessage() for r in caplog.records if r.name == "sweeper"]
+    steps = [int(m.split()[1].rstrip(":")) for m in lines if m.startswith("step ")]
+    assert steps == [10, 20, 23]
+    assert all("train/loss=" in m for m in lines if m.startswith("step "))
+    assert any(m.startswith("epoch ") and " saved to " in m for m in lines)

@@ -34,7 +34,6 @@ from trainer.networks.lycoris_config import LycorisSpec, resolve_lycoris_config
 from trainer.networks.lycoris_fixes import apply_fixes
 
 log = logging.getLogger(__name__)
-logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs every module at INFO
 
 KOHYA_NETWORK_MODULE = "lycoris.kohya"
 _ALGO = {"loha": "loha", "lokr": "lokr", "ia3": "ia3", "dora": "lora"}
