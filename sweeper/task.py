@@ -38,9 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_task(
-    cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None
-) -> Any:
+def run_task(cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None) -> Any:
     """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss.
     ``spec``: the run's settings, already read (``python -m sweeper`` reads them first);
     ``pool``: where the evaluation loads its models, kept by the caller across jobs (default:
