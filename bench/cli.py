@@ -3,6 +3,7 @@
     python -m bench train --model sd15_shape --batch 8           # P1 (GPU)
     python -m bench eval --model sd15_shape                       # P3 (GPU)
     python -m bench sweep                                         # P2 and P4 (tiny, CPU)
+    python -m bench validity                                      # scores vs the world's oracle
     python -m bench train --smoke --results /tmp/r.md             # CI: a few steps, any device
 
 ``--smoke`` shrinks every size to seconds on a CPU (tiny model); the numbers it prints are not
@@ -98,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default="0", help="sampler seeds, one default sweep each (e.g. 0,1,2)"
     )
     sweep.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trials")
+
+    validity = sub.add_parser(
+        "validity", help="the objective vs the world's oracle on a grid of runs; P2 replayed"
+    )
+    _common(validity)
+    validity.add_argument("--epochs", type=int, default=None, help="epochs per run (default 6)")
+    validity.add_argument(
+        "--seeds", default="0,1,2,3,4", help="sampler seeds of the replayed default sweeps"
+    )
+    validity.add_argument(
+        "--trials", type=int, default=None, help="replayed trials per seed (default: 30%% of grid)"
+    )
+    validity.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
+    validity.add_argument(
+        "--skip-base", action="store_true", help="leave out the base-model check"
+    )
     return parser
 
 
@@ -132,6 +149,8 @@ def _run(args, argv: list[str] | None) -> int:
             block = _train(args, command)
         elif args.bench == "eval":
             block = _eval(args, command)
+        elif args.bench == "validity":
+            block = _validity(args, command)
         else:
             block = _sweep(args, command)
     finally:
@@ -244,3 +263,37 @@ def _sweep(args, command: str):
     if args.smoke:
         opts = SweepBenchOptions.smoke(tuple(args.override))
     return sweep_bench(opts, command)
+
+
+def _validity(args, command: str):
+    import tempfile
+
+    from bench.validity import (
+        ValidityOptions,
+        base_model_check,
+        default_point,
+        run_grid,
+        validity_bench,
+        world_generator,
+    )
+
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    opts = ValidityOptions(seeds=seeds, replay_trials=args.trials, threads=args.threads,
+                           overrides=tuple(args.override))  # fmt: skip
+    if args.epochs:
+        opts = dataclasses.replace(opts, epochs=args.epochs)
+    if args.smoke:
+        opts = ValidityOptions.smoke(tuple(args.override))
+    base = None
+    if not args.skip_base:
+        from world.oracle import judge_images, load_oracle
+        from world.paths import BASE_DIR, ORACLE_DIR
+
+        oracle = load_oracle(ORACLE_DIR)
+        generate = world_generator(BASE_DIR, steps=20, guidance=4.0)
+        base = base_model_check(
+            generate, lambda images, truth: judge_images(oracle, images, truth), opts.base_images
+        )
+    with tempfile.TemporaryDirectory(prefix="lorasweep-validity-") as tmp:
+        runs, seconds, _ = run_grid(opts, Path(tmp))
+    return validity_bench(opts, command, base, runs, seconds, default_point(opts))

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_RESULTS = Path(__file__).parent / "RESULTS.md"
-HEADER_PATTERN = r"^### (train|eval|sweep) · \d{4}-\d\d-\d\d \d\d:\d\d UTC · .+$"
+HEADER_PATTERN = r"^### (train|eval|sweep|validity) · \d{4}-\d\d-\d\d \d\d:\d\d UTC · .+$"
 
 
 def device_description(device: torch.device) -> str:

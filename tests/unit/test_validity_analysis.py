@@ -1,0 +1,134 @@
+"""The validity benchmark's analysis: oracle quality, agreement, the replayed default sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.validity import (
+    ADHERENCE,
+    OBJECTIVE,
+    SUBJECT,
+    RunRecord,
+    _met,
+    agreement,
+    oracle_best_strength,
+    oracle_quality,
+    oracle_state,
+    read_trial,
+    replay,
+    search_defaults,
+)
+
+STRENGTHS = (0.5, 1.0, 1.5)
+
+
+def _metrics(objective: float, subject: float, adherence: float, state: int = 0, **at) -> dict:
+    out = {OBJECTIVE: objective, SUBJECT: subject, ADHERENCE: adherence,
+           "eval/training_state": float(state)}  # fmt: skip
+    for strength, (s, a) in at.items():
+        label = {"low": 0.5, "high": 1.5}[strength]
+        out[f"{SUBJECT}@unet{label!r}_te{label!r}"] = s
+        out[f"{ADHERENCE}@unet{label!r}_te{label!r}"] = a
+    return out
+
+
+def _run(lr: float, dim: int, curve: list[tuple[float, float, float]]) -> RunRecord:
+    record = RunRecord({"optimizer.unet_lr": lr, "network.dim": float(dim)})
+    for epoch, (obj, subject, adherence) in enumerate(curve, start=1):
+        record.epochs[epoch] = _metrics(obj, subject, adherence, low=(0.1, 0.9), high=(0.2, 0.5))
+    return record
+
+
+def test_oracle_quality_multiplies_subject_and_adherence_at_a_strength():
+    m = _metrics(0.3, 0.8, 0.5, low=(0.4, 1.0), high=(1.0, 0.2))
+    assert oracle_quality(m) == pytest.approx(0.4)
+    assert oracle_quality(m, 0.5) == pytest.approx(0.4)
+    assert oracle_quality(m, 1.5) == pytest.approx(0.2)
+    assert oracle_best_strength(m, STRENGTHS) == 1.0  # tie at 0.5 and 1.0: nearest 1.0 wins
+    m[f"{SUBJECT}@unet0.5_te0.5"] = 0.9
+    assert oracle_best_strength(m, STRENGTHS) == 0.5
+    assert [oracle_state(s) for s in STRENGTHS] == [-1, 0, 1]
+
+
+def test_agreement_is_perfect_when_the_objective_orders_points_as_the_oracle_does():
+    runs = [
+        _run(1e-4, 4, [(0.1, 0.2, 0.9), (0.2, 0.5, 0.9), (0.3, 0.9, 0.8)]),
+        _run(1e-3, 4, [(0.25, 0.8, 0.6), (0.15, 0.9, 0.3), (0.05, 1.0, 0.1)]),
+    ]
+    result = agreement(runs, STRENGTHS)
+    assert result.points == 6 and result.runs == 2
+    assert result.spearman == pytest.approx(1.0)
+    assert result.epoch_within_one == 1.0
+    # The objective's kept epochs (3 and 1) have training_state 0 and the oracle prefers 1.0.
+    assert result.strength_agrees == 1.0
+
+
+def test_agreement_notices_an_objective_that_disagrees_with_the_oracle():
+    runs = [
+        _run(1e-4, 4, [(0.3, 0.2, 0.9), (0.2, 0.5, 0.9), (0.1, 0.9, 0.8), (0.0, 0.95, 0.9)]),
+        _run(1e-3, 4, [(0.05, 0.8, 0.6), (0.15, 0.9, 0.3), (0.25, 1.0, 0.1), (0.3, 1.0, 0.05)]),
+    ]
+    runs[0].epochs[1]["eval/training_state"] = -1.0  # says over-trained; the oracle says 1.0
+    # Kept epoch 4 of the second run: the oracle prefers 1.5 (0.1 > 0.09 > 0.05): under-trained.
+    runs[1].epochs[4]["eval/training_state"] = 1.0
+    result = agreement(runs, STRENGTHS)
+    assert result.spearman < 0
+    assert result.epoch_within_one == 0.0  # kept 1 vs oracle 4; kept 4 vs oracle 1
+    assert result.strength_agrees == 0.5
+
+
+def _grid() -> list[RunRecord]:
+    runs = []
+    for i, lr in enumerate((1e-4, 1e-3, 1e-2)):
+        for j, dim in enumerate((4, 16)):
+            base = 0.1 * (i + j)
+            curve = [(base + 0.01 * e, 0.5, 0.5) for e in range(4)]
+            runs.append(_run(lr, dim, curve))
+    return runs
+
+
+def test_replay_is_deterministic_and_counts_only_what_it_trained():
+    runs = _grid()
+    sampler, pruner = search_defaults()
+    first = replay(runs, 0, 5, sampler, pruner)
+    again = replay(runs, 0, 5, sampler, pruner)
+    assert (first.pick, first.pick_epoch, first.epochs_trained) == (
+        again.pick, again.pick_epoch, again.epochs_trained
+    )  # fmt: skip
+    assert first.complete + first.pruned == 5
+    assert first.epochs_trained <= 5 * 4
+    assert first.epochs_trained >= first.complete * 4  # complete trials trained every epoch
+    assert first.pick in {r.key for r in runs}
+    assert first.pick_epoch == 4  # every curve rises: its last epoch is kept
+
+
+def test_replay_without_pruner_over_the_whole_grid_finds_the_grid_best():
+    runs = _grid()
+    sampler = {"name": "random", "args": {}}
+    result = replay(runs, 3, 40, sampler, {"name": "none", "args": {}})
+    assert result.pruned == 0
+    best = max(runs, key=lambda r: r.objective(4))
+    assert result.pick == best.key
+
+
+def test_read_trial_reads_every_epoch_folder(tmp_path):
+    for epoch, value in ((1, 0.1), (2, 0.4)):
+        folder = tmp_path / "eval" / f"epoch-{epoch:06d}"
+        folder.mkdir(parents=True)
+        payload = {"metrics": {OBJECTIVE: value, SUBJECT: 1.0, "eval/note": "text"}}
+        (folder / "metrics.json").write_text(json.dumps(payload))
+    record = read_trial({"params": {"network.dim": 8}, "output_dir": str(tmp_path)})
+    assert record.params == {"network.dim": 8.0}
+    assert sorted(record.epochs) == [1, 2]
+    assert record.epochs[2][OBJECTIVE] == 0.4
+    assert "eval/note" not in record.epochs[1]
+
+
+def test_met_reads_the_target():
+    assert _met(0.81, ">= 80%") == "yes"
+    assert _met(0.79, ">= 80%") == "NO"
+    assert _met(0.05, "< 10%") == "yes"
+    assert _met(0.71, ">= 0.7") == "yes"
+    assert _met(float("nan"), ">= 0.7") == "n/a"
