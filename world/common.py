@@ -155,6 +155,27 @@ def write_manifest(root: Path = WEIGHTS) -> Path:
     return write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2) + "\n")
 
 
+def command_line(stage: str, args, skip: tuple[str, ...] = ()) -> str:
+    """``python -m world <stage> --key value ...`` for every argument (paths relative to the
+    working directory where they are inside it): the command that reproduces a run."""
+    words = ["python", "-m", "world", stage]
+    for key, value in vars(args).items():
+        if key in ("command", *skip):
+            continue
+        if isinstance(value, bool):
+            words += [] if value else [f"--no-{key.replace('_', '-')}"]
+            continue
+        values = value if isinstance(value, list) else [value]
+        shown = []
+        for v in values:
+            if isinstance(v, Path) and v.is_absolute():
+                with contextlib.suppress(ValueError):
+                    v = v.relative_to(Path.cwd())
+            shown.append(str(v))
+        words += [f"--{key.replace('_', '-')}", *shown]
+    return " ".join(words)
+
+
 def write_json(path: Path, data: dict) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 

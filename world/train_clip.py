@@ -26,6 +26,7 @@ from world.common import (
     Clock,
     atomic_folder,
     cached_render_set,
+    command_line,
     half_state_dict,
     render_set,
     seed_everything,
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = build_clip_tokenizer()
     accuracy = zero_shot_accuracy(model, tokenizer, image_processor(), n=args.eval_images)
     metrics = {
-        "command": "python -m world clip " + " ".join(_argv(args)),
+        "command": command_line("clip", args, ("work",)),
         "steps_done": len(losses),
         "train_seconds": round(train_s, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 4),
@@ -253,15 +254,6 @@ def run(args: argparse.Namespace) -> int:
     save(model, args.out, metrics)
     print(f"clip: {metrics}")
     return 0
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    out = []
-    for key, value in vars(args).items():
-        if key in ("command", "work"):
-            continue
-        out += [f"--{key.replace('_', '-')}", str(value)]
-    return out
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from world.common import (
     Clock,
     atomic_folder,
     cached_render_set,
+    command_line,
     half_state_dict,
     seed_everything,
     to_tensor,
@@ -101,6 +102,12 @@ def encode_images(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> t
     return torch.cat(out)
 
 
+def stage_record(folder: Path) -> dict:
+    """What an earlier stage recorded about itself (its command, time and numbers)."""
+    path = Path(folder) / "world_training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def save_base(
     out: Path,
     unet: UNet2DConditionModel,
@@ -159,13 +166,15 @@ def train(args: argparse.Namespace) -> int:
 
     def metrics(step: int) -> dict:
         return {
-            "command": "python -m world unet " + " ".join(_argv(args)),
+            "command": command_line("unet", args, ("save_every_min", "threads", "work")),
             "steps_done": step,
             "train_seconds": round(clock.elapsed() - prep_s, 1),
             "prepare_seconds": round(prep_s, 1),
             "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
             "unet_parameters": n_params,
             "vae_scaling_factor": scale,
+            "vae": stage_record(args.vae),
+            "text_encoder": stage_record(args.clip),
         }
 
     done = 0
@@ -235,19 +244,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return train(args)
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    out = []
-    for key, value in vars(args).items():
-        if key in ("command", "save_every_min", "threads", "work"):
-            continue
-        if key == "manifest":
-            out += [] if value else ["--no-manifest"]
-            continue
-        value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-        out += [f"--{key.replace('_', '-')}", value]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

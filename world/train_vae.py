@@ -24,6 +24,7 @@ from world.common import (
     WORK,
     Clock,
     atomic_folder,
+    command_line,
     render_set,
     seed_everything,
     to_tensor,
@@ -40,9 +41,10 @@ from world.scene import (
 )
 
 
-def vae_config(widths: tuple[int, ...] = (8, 16, 32, 32)) -> dict:
+def vae_config(widths: tuple[int, ...] = (8, 16, 32, 32), norm_groups: int = 4) -> dict:
     """SD's VAE layout, narrow; no attention in the middle block (a third of the cost here,
-    and flat-coloured shapes need no global mixing at 8x8 latents)."""
+    and flat-coloured shapes need no global mixing at 8x8 latents). Groups of at least two
+    channels: a group of one is an instance norm, which erases a flat colour."""
     if len(widths) != 4:
         raise ValueError(f"--widths {widths}: expected 4 values (SD's 8x downsampling)")
     return {
@@ -53,7 +55,7 @@ def vae_config(widths: tuple[int, ...] = (8, 16, 32, 32)) -> dict:
         "block_out_channels": list(widths),
         "layers_per_block": 1,
         "latent_channels": 4,
-        "norm_num_groups": 8,
+        "norm_num_groups": norm_groups,
         "sample_size": SIZE,
         "scaling_factor": 1.0,
         "mid_block_add_attention": False,
@@ -116,7 +118,7 @@ def train(args: argparse.Namespace) -> tuple[AutoencoderKL, list[float]]:
     seed_everything(args.seed)
     world = to_tensor(render_set(args.images, args.seed).images)
     free = to_tensor(random_colour_set(args.random_images, args.seed + 1))
-    vae = AutoencoderKL(**vae_config(tuple(args.widths)))
+    vae = AutoencoderKL(**vae_config(tuple(args.widths), args.norm_groups))
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -125,7 +127,9 @@ def train(args: argparse.Namespace) -> tuple[AutoencoderKL, list[float]]:
     rng = np.random.default_rng(args.seed + 2)
     losses, clock = [], Clock(0)
     half = args.batch // 2
-    for step in range(args.steps):
+    for step in range(min(args.steps, args.stop_step or args.steps)):
+        if args.max_minutes and clock.elapsed() > args.max_minutes * 60:
+            break
         batch = torch.cat(
             [
                 world[rng.choice(len(world), half, replace=False)],
@@ -188,7 +192,10 @@ def save(vae: AutoencoderKL, out: Path, metrics: dict) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=800, help="length of the LR schedule")
+    parser.add_argument("--stop-step", type=int, default=0, help="stop at this step (0: --steps)")
+    parser.add_argument("--max-minutes", type=float, default=0, help="stop after (0: never)")
+    parser.add_argument("--norm-groups", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=32, help="training crop (px) of 64 px images")
     parser.add_argument("--images", type=int, default=3000, help="rendered world images")
@@ -207,27 +214,20 @@ def run(args: argparse.Namespace) -> int:
     clock = Clock(0)
     vae, losses = train(args)
     train_s = clock.elapsed()
+    if len(losses) < args.steps:  # stopped early: the command that reproduces it says where
+        args.stop_step, args.max_minutes = len(losses), 0
     metrics = evaluate(vae, args.seed, args.eval_images)
     vae.register_to_config(scaling_factor=round(1.0 / metrics["latent_std"], 5))
     metrics.update(
-        command="python -m world vae " + " ".join(_argv(args)),
+        command=command_line("vae", args, ()),
         train_seconds=round(train_s, 1),
+        steps_done=len(losses),
         final_loss=round(float(np.mean(losses[-50:])), 4),
         scaling_factor=vae.config.scaling_factor,
     )
     save(vae, args.out, metrics)
     print(f"vae: {metrics}")
     return 0
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    out = []
-    for key, value in vars(args).items():
-        if key == "command":
-            continue
-        value = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-        out += [f"--{key.replace('_', '-')}", value]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

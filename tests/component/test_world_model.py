@@ -98,7 +98,7 @@ def _vae_args(out: Path) -> argparse.Namespace:
 
 def test_training_scripts_are_deterministic(tmp_path):
     states = []
-    for k in range(2):
+    for _ in range(2):
         model, losses = train_clip.train(_clip_args(tmp_path, tmp_path / "unused"))
         vae, vae_losses = train_vae.train(_vae_args(tmp_path / "unused"))
         states.append((model.state_dict(), losses, vae.state_dict(), vae_losses))
