@@ -1,8 +1,8 @@
 """Sample images from a base model (with whatever LoRA is active) for a list of prompts.
 
-Prompts are encoded with ``trainer.models.text_encoding.encode_prompts``, the function training
-uses (same ``max_token_length`` chunking and ``clip_skip``), and handed to diffusers'
-``StableDiffusionPipeline`` as ``prompt_embeds`` / ``negative_prompt_embeds``. Each image has
+Prompts are encoded by the model family's ``encode_prompts``, the function training uses (same
+``max_token_length`` chunking and ``clip_skip``), and handed to the family's diffusers pipeline
+as pre-encoded prompts (SD 1.x: ``prompt_embeds`` / ``negative_prompt_embeds``). Each image has
 its own CPU generator seeded from its item, so an image does not depend on which batch it was
 in, nor on the device.
 """
@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from evaluators.prompts import GenerationItem
-from trainer.models.text_encoding import encode_prompts
+from trainer.families import family_of
+from trainer.families.base import Conditioning
 
 
 @dataclass(frozen=True)
@@ -31,20 +32,23 @@ class SamplingOptions:
     clip_skip: int = 1
 
 
-def make_encoder(components, max_token_length: int, clip_skip: int):
-    """``encode(prompts) -> [B, L, hidden]`` with the training's settings, no gradients."""
+def make_conditioner(components, max_token_length: int, clip_skip: int):
+    """``condition(prompts) -> Conditioning`` with the training's settings, no gradients."""
+    family = family_of(components)
 
     @torch.no_grad()
-    def encode(prompts: list[str]) -> torch.Tensor:
-        return encode_prompts(
-            components.tokenizer,
-            components.text_encoder,
-            list(prompts),
-            max_token_length,
-            clip_skip,
+    def condition(prompts: list[str]) -> Conditioning:
+        return family.encode_prompts(
+            components, list(prompts), max_token_length=max_token_length, clip_skip=clip_skip
         )
 
-    return encode
+    return condition
+
+
+def make_encoder(components, max_token_length: int, clip_skip: int):
+    """``encode(prompts) -> [B, L, hidden]`` (the conditioning's hidden states), no gradients."""
+    condition = make_conditioner(components, max_token_length, clip_skip)
+    return lambda prompts: condition(prompts).hidden_states
 
 
 @torch.no_grad()
@@ -52,17 +56,17 @@ def generate(
     pipeline, components, items: Sequence[GenerationItem], options: SamplingOptions
 ) -> list[Image.Image]:
     """One image per item, in order. ``pipeline.scheduler`` is the sampler used."""
-    encode = make_encoder(components, options.max_token_length, options.clip_skip)
-    dtype = components.unet.dtype
+    family = family_of(components)
+    condition = make_conditioner(components, options.max_token_length, options.clip_skip)
+    dtype = family.denoiser(components).dtype
     images: list[Image.Image] = []
     for start in range(0, len(items), options.batch_size):
         batch = items[start : start + options.batch_size]
-        prompt_embeds = encode([item.prompt for item in batch]).to(dtype)
-        negative = encode([options.negative_prompt] * len(batch)).to(dtype)
+        positive = condition([item.prompt for item in batch]).to(dtype)
+        negative = condition([options.negative_prompt] * len(batch)).to(dtype)
         generators = [torch.Generator().manual_seed(item.seed) for item in batch]
         out = pipeline(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative,
+            **family.generation_inputs(positive, negative),
             num_inference_steps=options.steps,
             guidance_scale=options.guidance_scale,
             width=options.width,

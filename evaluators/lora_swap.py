@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from trainer.errors import BackendMissingError, ModelLoadError
+from trainer.families import family_of
 from trainer.models.components import SDComponents
 from trainer.networks import kohya_format as kf
 
@@ -65,6 +66,7 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
     and the adapters' own layers are skipped.
     """
     index: dict[str, ModuleShape] = {}
+    family = family_of(components)
     for component, model in (("unet", components.unet), ("text_encoder", components.text_encoder)):
         for path, module in model.named_modules():
             parts = path.split(".")
@@ -74,7 +76,7 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
                 path = ".".join(parts[:-1])
             shape = _shape_of(component, module)
             if shape is not None and path:
-                index[kf.kohya_module_name(component, path)] = shape
+                index[family.kohya_module_name(component, path)] = shape
     return index
 
 
@@ -225,7 +227,7 @@ class LoraSlot:
 
     def __init__(self, components: SDComponents):
         self.components = components
-        self.pipeline = components.to_pipeline()
+        self.pipeline = family_of(components).pipeline(components)
         self.pipeline.set_progress_bar_config(disable=True)
         self.index = module_index(components)
         self.adapter: _PeftAdapter | _LycorisAdapter | None = None

@@ -19,10 +19,16 @@ log = logging.getLogger("sweeper")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):
     from sweeper.explicit import explicit_wins
+    from sweeper.interrupt import interruptible, report_and_exit
     from sweeper.task import run_task
 
     try:
-        return run_task(explicit_wins(cfg, HydraConfig.get().overrides.task))
+        with interruptible():
+            return run_task(explicit_wins(cfg, HydraConfig.get().overrides.task))
+    except KeyboardInterrupt as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper fails and re-queues the trial, then exits
+        report_and_exit(exc, "the run stopped; the epochs saved so far are kept")
     except LorasweepError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # A sweep's job: the sweeper records the trial as failed with this reason and

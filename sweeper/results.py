@@ -76,7 +76,8 @@ def trial_summary(trial: FrozenTrial, fixed: Sequence[str]) -> dict[str, Any]:
         "best_file": attrs.get("best_file"),
         "pruned_at_epoch": attrs.get("pruned_at_epoch"),
         "fail_reason": attrs.get("fail_reason"),
-        "retry_of": trial.system_attrs.get("failed_trial"),
+        "retry_of": trial.system_attrs.get("failed_trial", attrs.get("requeued_from")),
+        "duplicate_of": attrs.get("duplicate_of"),
         "output_dir": attrs.get("output_dir"),
         "worker": attrs.get("job_worker"),
         "command": reproduce_command(fixed, attrs.get("overrides", [])),
@@ -135,7 +136,9 @@ def write_results(path: Path, summary: dict) -> Path:
     return write_text(path, OmegaConf.to_yaml(OmegaConf.create(summary)))
 
 
-def print_summary(summary: dict, path: Path, storage: str | None = None) -> None:
+def print_summary(
+    summary: dict, path: Path, storage: str | None = None, dashboard: str | None = None
+) -> None:
     """The sweep's end: best trial(s), the results file, and the commands of the report and
     the dashboard. ``storage``: the Optuna storage URL when not the default one."""
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items())
@@ -163,4 +166,5 @@ def print_summary(summary: dict, path: Path, storage: str | None = None) -> None
     if storage:
         report += ["--storage", storage]
     print(f"Report: {shlex.join(report)}")
-    print("Dashboard (MLflow): make ui")
+    where = f", then open {dashboard} (the study's experiment)" if dashboard else ""
+    print(f"Dashboard (MLflow): make ui{where}")

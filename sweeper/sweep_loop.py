@@ -6,10 +6,18 @@ each counts the trials finished or running anywhere, so together they stop at ``
 and the storage hands every trial to exactly one of them. While a batch runs, this process
 records a heartbeat for its trials; a trial whose process died goes stale, is failed by the
 next process that looks (``fail_stale_trials``) and queued again with the same parameters.
+
+A rerun resumes the study: it first fails the trials whose process died and ends their MLflow
+runs; a seeded sampler is reseeded with the number of trials already in the study (so a rerun
+does not propose the earlier trials' parameters again); a proposal that repeats a finished
+trial's parameters reuses that trial's result instead of training again; and a study whose
+data changed since it began (the recorded data hash differs) is refused. Ctrl-C or SIGTERM
+fails the running trials at once and queues them again with the same parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -28,6 +36,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from sweeper.checks import run_problems
+from sweeper.interrupt import Interrupted
 from sweeper.results import (
     RESULTS_FILE,
     print_summary,
@@ -39,6 +48,7 @@ from sweeper.search_config import SearchSettings, build_search_space, read_setti
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.search_values import fixed_problems
 from sweeper.study import (
+    DONE,
     build_pruner,
     build_sampler,
     count_states,
@@ -52,6 +62,8 @@ from sweeper.study import (
 )
 from sweeper.tracking import (
     Tracker,
+    close_dead_runs,
+    dashboard_url,
     finish_sweep_run,
     job_overrides,
     record_trial,
@@ -72,6 +84,9 @@ class SweepAbortedError(LorasweepError):
 
 class ResultsNotWrittenError(Exception):
     """The results file could not be written (a full disk ...); the study itself is intact."""
+
+
+DATA_HASH_ATTR = "data_hash"
 
 
 class Heartbeat:
@@ -101,6 +116,43 @@ class Heartbeat:
             self._thread.join()
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(
+    durations: Sequence[float], done: int, n_trials: int, elapsed: float, parallel: int
+) -> str:
+    """Where the sweep stands: trials finished of the target, time spent by this process, and
+    an estimate of what remains (the finished trials' mean duration x the trials left, divided
+    by the trials run at once)."""
+    line = f"sweep: {done} of {n_trials} trials finished, {_duration(elapsed)} spent"
+    left = max(0, n_trials - done)
+    if durations and left:
+        mean = sum(durations) / len(durations)
+        eta = mean * math.ceil(left / max(1, parallel))
+        line += (
+            f"; about {_duration(eta)} left ({_duration(mean)} per trial over "
+            f"{len(durations)} finished, {max(1, parallel)} at a time)"
+        )
+    return line
+
+
+def _finished_durations(study: optuna.Study) -> list[float]:
+    return [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False, states=DONE)
+        if t.datetime_start and t.datetime_complete and "duplicate_of" not in t.user_attrs
+    ]
+
+
 class SweepRunner:
     """One sweeper process of a study. ``config`` is the composed config (fixed overrides
     applied), ``launcher`` a Hydra launcher, ``config_loader`` Hydra's (for group options)."""
@@ -110,6 +162,8 @@ class SweepRunner:
         self.job_idx = 0
         self.failed_here = 0
         self.tracker = Tracker()  # the study's MLflow parent run (set in run())
+        self.study_name: str | None = None
+        self.started = time.monotonic()
 
     # -- set-up: everything is checked before the storage is touched -------------------------
     def plan(self, arguments: Sequence[str]) -> tuple[SearchSettings, SearchSpace, list[str]]:
@@ -188,14 +242,24 @@ class SweepRunner:
         name = settings.study_name or derive_study_name(prefix, fixed, space, settings)
         sampler = build_sampler(settings, space)
         study = open_study(name, storage, settings, sampler)
+        self.study_name = name
         log.info("study %s in %s: %s", name, url, space.keys)
+        self._check_data(study, space)
+        self._reseed(study, settings, space)
         # The report rebuilds reproduction commands from these when the results file is gone.
         study.set_user_attr("fixed_overrides", list(fixed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # before their MLflow runs are closed
         self.tracker = start_sweep_run(self.config, study, fixed)
-        failed = True
+        close_dead_runs(self.tracker, study)
+        status = "FAILED"
         try:
             self._loop(study, storage, settings, space, fixed, adaptive)
-            failed = False
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             env = run_environment(self.config.paths.project_dir)
             grid = (
@@ -212,9 +276,48 @@ class SweepRunner:
                     "command again (it resumes the study and writes the file), or read it with "
                     f"`python -m sweeper.report --study {name}`"
                 ) from err
-            print_summary(summary, results_path, summary["storage"] if settings.storage else None)
-            finish_sweep_run(self.tracker, summary, results_path, failed=failed)
+            print_summary(
+                summary,
+                results_path,
+                summary["storage"] if settings.storage else None,
+                dashboard_url(self.tracker),
+            )
+            finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
+
+    # -- a resumed study ---------------------------------------------------------------------
+    def _check_data(self, study: optuna.Study, space: SearchSpace) -> None:
+        """Record the data's hash on the study; refuse to go on when it changed since trials
+        finished on it (their values would be compared with trials on other images)."""
+        if "data" not in self.config or any(k.startswith("data.") for k in space.keys):
+            return
+        from sweeper.provenance import data_hash_of
+
+        digest = data_hash_of(self.config.data)
+        if digest is None:
+            return
+        recorded = study.user_attrs.get(DATA_HASH_ATTR)
+        finished = any(t.state in DONE for t in study.get_trials(deepcopy=False))
+        if recorded and recorded != digest and finished:
+            raise ConfigError(
+                f"data.dir: the data changed since study {study.study_name!r} began (data hash "
+                f"{recorded[:12]} recorded by its finished trials, {digest[:12]} now: images, "
+                "captions or the regularisation folder differ). Restore the data, or start a "
+                "new study with search.study_name=<a new name>"
+            )
+        if recorded != digest:
+            study.set_user_attr(DATA_HASH_ATTR, digest)
+
+    def _reseed(self, study: optuna.Study, settings: SearchSettings, space: SearchSpace) -> None:
+        """A seeded sampler starts its random stream again in every process: on a rerun it
+        would propose the first trials' parameters again. Seed it with seed + the number of
+        trials the study already has (a new study keeps the seed as given)."""
+        n = len(study.get_trials(deepcopy=False))
+        if not n or settings.sampler_seed is None or settings.sampler == "grid":
+            return
+        seed = settings.sampler_seed + n
+        study.sampler = build_sampler(dataclasses.replace(settings, sampler_seed=seed), space)
+        log.info("resuming study %s (%d trials): sampler seed %d", study.study_name, n, seed)
 
     def _loop(self, study, storage, settings, space, fixed, adaptive) -> None:
         n_jobs = self._n_jobs(settings)
@@ -264,16 +367,80 @@ class SweepRunner:
         ]
         return trial, [*fixed, *sampled, *identity]
 
+    def _reuse_duplicate(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """A proposal with the parameters of a finished trial takes that trial's result
+        (training is deterministic: it would give the same) instead of training again."""
+        params = trial.params
+        earlier = next(
+            (
+                t
+                for t in study.get_trials(deepcopy=False, states=DONE)
+                if t.number != trial.number and t.params == params
+            ),
+            None,
+        )
+        if earlier is None:
+            return False
+        trial.set_user_attr("duplicate_of", earlier.number)
+        for key in ("best_epoch", "pruned_at_epoch", "epoch_metrics", "best_file", "output_dir"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        if earlier.state == TrialState.COMPLETE:
+            tell(study, trial, earlier.values)
+        else:
+            tell(study, trial, state=TrialState.PRUNED)
+        log.info(
+            "trial %d repeats the parameters of trial %d: its result (%s) is reused, nothing "
+            "is trained",
+            trial.number,
+            earlier.number,
+            earlier.state.name.lower(),
+        )
+        record_trial(self.tracker, study, trial.number)
+        return True
+
+    def _interrupted(self, study: optuna.Study, trials: list, exc: KeyboardInterrupt) -> None:
+        """Ctrl-C / SIGTERM during a batch: its unfinished trials fail now (not RUNNING until
+        their heartbeat goes stale) and are queued again with the same parameters."""
+        name = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+        for trial in trials:
+            if study._storage.get_trial(trial._trial_id).state.is_finished():
+                continue
+            trial.set_user_attr(
+                "fail_reason", f"interrupted by {name}; queued again with the same parameters"
+            )
+            tell(study, trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+            record_trial(self.tracker, study, trial.number)
+            log.warning("trial %d interrupted by %s: failed and queued again", trial.number, name)
+
     def _run_batch(self, study, storage, settings, space, fixed, adaptive, size: int) -> None:
         asked = [self._ask(study, storage, space, fixed, adaptive) for _ in range(size)]
+        asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
+        if not asked:
+            return
         trials = [t for t, _ in asked]
-        for trial in trials:
+        done = n_done(count_states(study))
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "%s", progress_line(_finished_durations(study), done, settings.n_trials, elapsed, size)
+        )
+        for k, trial in enumerate(trials, start=1):
             sampled = trial.user_attrs.get("overrides", [])
-            log.info("trial %d: %s", trial.number, " ".join(sampled))
+            log.info(
+                "trial %d (%d of %d): %s",
+                trial.number,
+                done + k,
+                settings.n_trials,
+                " ".join(sampled),
+            )
         ids = [t._trial_id for t in trials]
         try:
             with Heartbeat(storage, ids, settings.heartbeat_interval):
                 returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+        except KeyboardInterrupt as exc:
+            self._interrupted(study, trials, exc)
+            raise
         except Exception as exc:  # noqa: BLE001 - e.g. a joblib worker killed by the OS
             returns = [exc] * len(trials)
         self.job_idx += len(trials)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.atomic_write import write_text
 from trainer.data.dataset import build_training_data
 from trainer.device import SAVE_DTYPES, autocast_dtype, make_deterministic, resolve_device
+from trainer.families import family_of, get_family
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_training
 from trainer.models.loading import load_model
@@ -78,7 +79,9 @@ def train_from_config(
     # Adapters are created under the seed so their initial weights do not depend on what ran
     # before (data preparation may draw random numbers).
     torch.manual_seed(tc.seed)
-    network = build_network(components.unet, components.text_encoder, cfg.network)
+    network = build_network(
+        components.unet, components.text_encoder, cfg.network, family_of(components)
+    )
     cast_frozen([components.unet, components.text_encoder], speed.frozen_dtype)
     prepare_unet(components.unet, speed)
     log.info("speed: %s", describe_speed(speed))
@@ -166,7 +169,7 @@ def _metadata_base(cfg, data, optimizer, epochs, max_steps, started_at, session_
     w, h = data.resolution
     return {
         "network_dropout": net.dropout,
-        "base_model_version": "sd_v1",
+        "base_model_version": get_family(cfg.model.family).base_model_version,
         "sd_model_name": Path(str(cfg.model.path)).name,
         "learning_rate": opt.lr,
         "unet_lr": lrs.get("unet"),

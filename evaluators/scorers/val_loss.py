@@ -24,6 +24,8 @@ from torch.nn import functional as F
 from evaluators.scorers.base import ScoreInputs
 from trainer.data.images import to_tensor
 from trainer.errors import ConfigError
+from trainer.families import family_of
+from trainer.families.base import Conditioning
 
 # Latents of validation images, per VAE object and pixel content, shared by every scorer of the
 # process: a sweep builds a new harness (and scorer) per trial, while the images and the cached
@@ -100,20 +102,18 @@ class ValLossScorer:
         components, encode = inputs.components, inputs.encode
         if components is None or encode is None:
             raise ValueError("validation loss needs the model and the prompt encoder")
-        scheduler, unet = components.noise_scheduler, components.unet
-        self._check_timesteps(scheduler)
+        family = family_of(components)  # the noise, target and forward of training
+        unet = family.denoiser(components)
+        self._check_timesteps(components.noise_scheduler)
         device, dtype = unet.device, unet.dtype
         latents = self.latents(components.vae)
         noise = self.noise(latents.shape)
-        states = encode(self.captions).to(device, dtype)
+        conditioning = Conditioning(encode(self.captions).to(device, dtype))
         losses = []
         for i, t in enumerate(self.timesteps):
             steps = torch.full((latents.shape[0],), t, dtype=torch.long)
-            noisy = scheduler.add_noise(latents, noise[i], steps)
-            if scheduler.config.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(latents, noise[i], steps)
-            else:
-                target = noise[i]
-            pred = unet(noisy.to(device, dtype), steps.to(device), states).sample
+            noisy = family.add_noise(components, latents, noise[i], steps)
+            target = family.training_target(components, latents, noise[i], steps)
+            pred = family.predict(unet, noisy.to(device, dtype), steps.to(device), conditioning)
             losses.append(F.mse_loss(pred.float().cpu(), target.float()))
         return {"val_loss": float(torch.stack(losses).mean())}

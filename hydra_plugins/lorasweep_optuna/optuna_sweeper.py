@@ -53,13 +53,22 @@ class LorasweepOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from sweeper.interrupt import interruptible, report_and_exit
         from sweeper.sweep_loop import ResultsNotWrittenError, SweepRunner
         from trainer.errors import LorasweepError
 
         assert self.config is not None and self.hydra_context is not None
         runner = SweepRunner(self.config, self.launcher, self.hydra_context.config_loader)
         try:
-            return runner.run(arguments)
+            with interruptible():
+                return runner.run(arguments)
+        except KeyboardInterrupt as exc:
+            study = f" {runner.study_name!r}" if runner.study_name else ""
+            report_and_exit(
+                exc,
+                "the running trials were marked failed and queued again; run the same command "
+                f"to resume the study{study}",
+            )
         except LorasweepError as err:
             # A bad search space or too many failed trials: the message says what and where;
             # a traceback through Hydra would bury it.

@@ -34,6 +34,8 @@ from sweeper.tracking.runs import (
     trial_run,
 )
 from sweeper.tracking.sweep import (
+    close_dead_runs,
+    dashboard_url,
     finish_sweep_run,
     job_overrides,
     log_report,
@@ -45,6 +47,8 @@ __all__ = [
     "MlflowCallback",
     "Tracker",
     "TrackingSettings",
+    "close_dead_runs",
+    "dashboard_url",
     "finish_sweep_run",
     "job_overrides",
     "log_report",

@@ -10,6 +10,7 @@ import time
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from sweep_helpers import (
     PROJECT_DIR,
     assert_shared_without_duplicates,
@@ -50,6 +51,7 @@ def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed
 ):
     data_dir, cache = shared
     sweep_dir, env = tmp_path / "sweep", sweep_env(tmp_path, cache)
+    env["LORASWEEP_MLRUNS_DIR"] = str(tmp_path / "mlruns")
     url = default_storage(tmp_path)
     args = [
         *tiny_overrides(data_dir, sweep_dir, epochs=1),
@@ -69,8 +71,13 @@ def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed
                 return None
             trials = trials_of(url)
             states = [t.state for t in trials]
-            return trials if states[:2] == [optuna.trial.TrialState.COMPLETE,
-                                            optuna.trial.TrialState.RUNNING] else None  # fmt: skip
+            if states[:2] != [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]:
+                return None
+            # ... and its MLflow run is open (the kill must leave it RUNNING).
+            client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db")
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            opened = any(r.data.tags.get("optuna.trial_number") == "1" for r in runs)
+            return trials if opened else None
 
         before = wait_for(second_trial_running, proc)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -93,6 +100,18 @@ def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed
     assert summary[1]["fail_reason"] == "the process running it stopped (no heartbeat)"
     assert summary[retries[0].number]["retry_of"] == 1
     assert "Launching 1 jobs" in rerun.stdout + rerun.stderr
+    # The killed trial's MLflow run was left RUNNING by the dead process; the rerun ended it
+    # with the trial's state and set the sweep's best tags again.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}
+    killed = [r for r in runs if r.data.tags.get("optuna.trial_number") == "1"]
+    assert [(r.info.status, r.data.tags["optuna.trial_state"]) for r in killed] == [
+        ("FAILED", "FAIL")
+    ]
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: -t.values[0])
+    assert parent.data.tags["best.trial"] == str(best.number)
 
 
 def test_two_workers_share_one_study_and_run_no_trial_twice(shared, tmp_path):

@@ -85,7 +85,7 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked_sweep")
     data_dir, env = _dataset(root), _env(root)
     sweep_dir = root / "sweep"
-    _run(
+    swept = _run(
         [
             "-m", "sweeper", "-m",
             "search.n_trials=3",
@@ -112,6 +112,7 @@ def sweep(tmp_path_factory):
     return SimpleNamespace(
         root=root, env=env, data_dir=data_dir, study=study, summary=summary, report=report,
         printed=printed.stdout, client=MlflowClient(f"sqlite:///{root / 'mlruns'}/mlflow.db"),
+        swept=swept.stdout,
     )  # fmt: skip
 
 
@@ -136,6 +137,11 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(sweep):
     parent = parents[0]
     assert parent.info.run_id == study.user_attrs["mlflow_parent_run_id"]
     assert parent.data.tags["lorasweep.role"] == "sweep" and parent.info.status == "FINISHED"
+    # The UI shows where the trials are and which columns to add; the sweep printed its page.
+    note = experiment.tags["mlflow.note.content"]
+    assert f"study `{study.study_name}`" in note and "`eval/objective`" in note
+    assert parent.data.tags["mlflow.note.content"] == note
+    assert f"#/experiments/{experiment.experiment_id}" in sweep.swept
     trials = {t.number: t for t in study.trials}
     assert _history(client, parent.info.run_id, "trials/eval/objective") == {
         n: t.value for n, t in trials.items()

@@ -101,6 +101,31 @@ def test_diagnoses_speak_in_the_guides_terms():
     assert "peaks at epoch 1" in trend and "last epoch 2" in trend
 
 
+def test_one_recommendation_reconciles_the_strength_reading_and_the_grid():
+    # Under-trained overall (best at 1.5), but the grid puts the UNet at 0.5: the grid scores
+    # the parts separately, so it decides the UNet; it kept the TE at 1.0 having tested 2.0.
+    data = _data(best_strength=1.5, unet=0.5, te=1.0)
+    data.config["eval"] |= {"unet_strengths": [0.5, 1.0], "te_strengths": [0.5, 1.0, 2.0]}
+    findings = diagnoses(data)
+    titles = [f.title for f in findings]
+    assert titles[:2] == ["Scores are not real", "Recommendation"]
+    advice = findings[1].text
+    assert "halve the UNet learning rate (0.0001 -> 5e-05)" in advice
+    assert "TE learning rate" not in advice.split("Evidence")[0]  # no "raise" for the TE
+    assert "overruled for the UNet and TE by the grid" in advice
+    assert advice.startswith("[random-weight scorers: this reading measures nothing] Keep epoch 1")
+    # Every reading computed from random-weight scorers carries the caveat on its own line.
+    assert all(f.text.startswith("[random-weight scorers") for f in findings[1:])
+
+    # The grid tested nothing above 1.0 for the UNet: the overall reading decides there.
+    data = _data(best_strength=1.5, unet=1.0, te=1.0)
+    data.config["eval"] |= {"unet_strengths": [0.5, 1.0], "te_strengths": [0.5, 1.0]}
+    advice = next(f for f in diagnoses(data) if f.title == "Recommendation").text
+    assert "multiply the UNet learning rate by 1.5 (0.0001 -> 0.00015)" in advice
+    assert "multiply the TE learning rate by 1.5 (5e-05 -> 7.5e-05)" in advice
+    assert "tested no strength above 1.0 for the UNet and TE" in advice
+
+
 def test_under_trained_and_balanced_runs_say_so():
     data = _data(best_strength=1.5, unet=1.0, te=1.0)
     data.best[0].epoch_metrics = {1: {"eval/objective": 0.2}, 2: {"eval/objective": 0.9}}

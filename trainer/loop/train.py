@@ -1,6 +1,6 @@
 """The training loop: one fixed order per step, nothing else.
 
-Order per optimizer step: encode captions -> noise and timesteps -> UNet forward -> weighted
+Order per optimizer step: encode captions -> noise and timesteps -> denoiser forward -> weighted
 loss -> backward (accumulated) -> clip -> optimizer and LR step -> max-norm -> log. An epoch
 whose batch count is not a multiple of ``gradient_accumulation_steps`` ends with a step on the
 remainder, its gradient the mean over the micro-batches actually accumulated (as kohya and
@@ -26,15 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.device import to_device
+from trainer.families import family_of
+from trainer.families.base import Conditioning, ModelFamily
 from trainer.loop.callbacks import StopTraining, TrainingCallback
-from trainer.loop.noise import (
-    min_snr_weights,
-    per_sample_mse,
-    sample_noise,
-    sample_timesteps,
-    training_target,
-)
-from trainer.models.text_encoding import encode_tokens, tokenize_prompts
+from trainer.loop.noise import per_sample_mse
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +119,33 @@ def plan_length(
 
 
 class TextConditioner:
-    """Captions -> UNet conditioning; caches outputs when the text encoder is frozen."""
+    """Captions -> the denoiser's conditioning (the family's ``encode_prompts``); caches each
+    caption's conditioning when the text encoders are frozen."""
 
-    def __init__(self, tokenizer, text_encoder, settings: LoopSettings, device: torch.device):
-        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+    def __init__(self, family: ModelFamily, components, settings: LoopSettings):
+        self.family, self.components = family, components
         self.clip_skip, self.max_len = settings.clip_skip, settings.max_token_length
         self.frozen = not settings.train_text_encoder
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, Conditioning] = {}
 
-    def _encode(self, captions: Sequence[str]) -> torch.Tensor:
-        ids = to_device(
-            tokenize_prompts(self.tokenizer, list(captions), self.max_len), self.device
-        )
-        return encode_tokens(self.text_encoder, ids, self.clip_skip)
+    def _encode(self, captions: Sequence[str]) -> Conditioning:
+        return self.family.encode_prompts(
+            self.components, list(captions), max_token_length=self.max_len,
+            clip_skip=self.clip_skip,
+        )  # fmt: skip
 
-    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+    def __call__(self, batch) -> Conditioning:
+        captions = batch["captions"]
         if not self.frozen:
-            return self._encode(captions)
-        missing = sorted({c for c in captions if c not in self._cache})
-        if missing:
-            with torch.no_grad():
-                for caption, states in zip(missing, self._encode(missing), strict=True):
-                    self._cache[caption] = states
-        return torch.stack([self._cache[c] for c in captions])
+            encoded = self._encode(captions)
+        else:
+            missing = sorted({c for c in captions if c not in self._cache})
+            if missing:
+                with torch.no_grad():
+                    encoded = self._encode(missing).split()
+                    self._cache.update(zip(missing, encoded, strict=True))
+            encoded = Conditioning.stack([self._cache[c] for c in captions])
+        return self.family.condition_batch(self.components, encoded, batch)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -170,8 +169,9 @@ def run_training(
 ) -> TrainResult:
     """Train ``network`` on ``data``; ``save_epoch(epoch, step, is_last)`` writes a file."""
     callbacks = list(callbacks)
-    unet, scheduler = components.unet, components.noise_scheduler
-    conditioner = TextConditioner(components.tokenizer, components.text_encoder, settings, device)
+    family = family_of(components)
+    denoiser = family.denoiser(components)
+    conditioner = TextConditioner(family, components, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = _grad_scaler(settings.autocast_dtype, device)
@@ -190,9 +190,10 @@ def run_training(
             }
         )
     bar = tqdm(total=settings.max_steps, disable=not settings.progress_bar, desc="train")
-    unet.train()
+    denoiser.train()
     if settings.train_text_encoder:
-        components.text_encoder.train()
+        for text_encoder in family.text_encoders(components).values():
+            text_encoder.train()
     optimizer.zero_grad(set_to_none=True)
     accumulation = settings.gradient_accumulation_steps
 
@@ -231,8 +232,9 @@ def run_training(
             latents = to_device(batch["latents"], device)
             with _autocast(device, settings.autocast_dtype):
                 loss = _batch_loss(
-                    batch, latents, unet, scheduler, conditioner, settings, generator, device
-                )
+                    batch, latents, denoiser, family, components, conditioner, settings,
+                    generator, device,
+                )  # fmt: skip
             scaled = loss / accumulation
             (scaler.scale(scaled) if scaler else scaled).backward()
             micro += 1
@@ -282,18 +284,19 @@ def run_training(
     return result
 
 
-def _batch_loss(batch, latents, unet, scheduler, conditioner, settings, generator, device):
-    encoder_states = conditioner(batch["captions"])
-    noise = sample_noise(latents, settings.noise_offset, generator)
-    timesteps = sample_timesteps(
-        latents.shape[0], scheduler.config.num_train_timesteps, generator, device
-    )
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_states).sample
-    target = training_target(scheduler, latents, noise, timesteps)
+def _batch_loss(
+    batch, latents, denoiser, family, components, conditioner, settings, generator, device
+):
+    """One micro-batch's weighted loss; every model-specific step is the family's."""
+    conditioning = conditioner(batch)
+    noise = family.sample_noise(latents, settings.noise_offset, generator)
+    timesteps = family.sample_timesteps(components, latents.shape[0], generator, device)
+    noisy = family.add_noise(components, latents, noise, timesteps)
+    prediction = family.predict(denoiser, noisy, timesteps, conditioning)
+    target = family.training_target(components, latents, noise, timesteps)
     per_sample = per_sample_mse(prediction, target)
-    weights = to_device(batch["loss_weights"], device) * min_snr_weights(
-        scheduler, timesteps, settings.min_snr_gamma
+    weights = to_device(batch["loss_weights"], device) * family.loss_weights(
+        components, timesteps, settings.min_snr_gamma
     )
     return (per_sample * weights).mean()
 

@@ -19,6 +19,8 @@ class SDComponents:
     """Where the weights came from: ``tiny``, a file path, a folder or a hub id."""
     base_model_version: str = "sd_v1"
     extra: dict = field(default_factory=dict)
+    family: str = "sd15"
+    """The ``model.family`` that loaded these components (``trainer.families``)."""
 
     @property
     def prediction_type(self) -> str:

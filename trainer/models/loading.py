@@ -26,6 +26,7 @@ from omegaconf.errors import MissingMandatoryValue
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trainer.errors import ConfigError, ModelLoadError
+from trainer.families import DEFAULT_FAMILY, family_problems, get_family
 from trainer.models import tiny
 from trainer.models.components import SDComponents
 from trainer.models.ldm_format import (
@@ -61,6 +62,8 @@ class ModelSettings:
     clip_skip: int = 1
     vae: str | None = None
     single_file_config: str = "sd15"
+    # Which ``trainer.families`` implementation loads, trains and samples this model.
+    family: str = DEFAULT_FAMILY
 
 
 def _cfg_value(cfg, key: str, default=None):
@@ -73,6 +76,8 @@ def _cfg_value(cfg, key: str, default=None):
 def read_model_settings(model_cfg) -> ModelSettings:
     """Read and check the keys of ``model_cfg`` (a DictConfig, dict or dataclass)."""
     problems = []
+    family = _cfg_value(model_cfg, "family", DEFAULT_FAMILY)
+    problems += family_problems(family)
     path = _cfg_value(model_cfg, "path")
     if path in (None, "", "???"):
         problems.append(f"model.path is required; accepted: {ACCEPTED_PATHS}")
@@ -92,6 +97,7 @@ def read_model_settings(model_cfg) -> ModelSettings:
         raise ConfigError(problems)
     return ModelSettings(
         path=str(path),
+        family=family,
         weights_seed=seed,
         prediction_type=prediction_type,
         clip_skip=clip_skip,
@@ -309,13 +315,20 @@ def load_vae(value: str, base_config: dict) -> AutoencoderKL:
 
 
 def load_model(model_cfg, cache_dir: str | Path | None = None) -> SDComponents:
-    """Build the training components the ``model`` config group describes.
+    """Build the training components the ``model`` config group describes, with the loader
+    of its family (``model.family``).
 
     ``cache_dir`` receives derived files (the tiny model's config folder); default: a folder
     in the system's temporary directory.
     """
     settings = read_model_settings(model_cfg)
     cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lorasweep"
+    return get_family(settings.family).load(settings, cache_dir)
+
+
+def load_sd_components(settings: ModelSettings, cache_dir: Path) -> SDComponents:
+    """The SD 1.x loader (``trainer.families.sd15``): built-in models, single files, folders
+    and hub ids, the optional VAE, and the ``clip_skip`` check."""
     if settings.path == "tiny":
         components = tiny.build_tiny_components(settings.weights_seed, settings.prediction_type)
     elif settings.path == "sd15_shape":

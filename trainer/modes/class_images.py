@@ -23,6 +23,7 @@ from diffusers import DDIMScheduler
 
 from trainer.atomic_write import atomic_path
 from trainer.data.kohya_layout import IMAGE_EXTENSIONS, parse_folder_name
+from trainer.families import family_of
 
 log = logging.getLogger(__name__)
 GENERATION_BATCH = 4
@@ -93,7 +94,9 @@ def ensure_class_images(
     taken = {p.name for p in existing}
     free = (i for i in range(10 * count + len(taken) + 1) if f"class-{i:05d}.png" not in taken)
     indices = [next(free) for _ in range(missing)]
-    pipe = components.to_pipeline(DDIMScheduler.from_config(components.noise_scheduler.config))
+    pipe = family_of(components).pipeline(
+        components, DDIMScheduler.from_config(components.noise_scheduler.config)
+    )
     pipe.set_progress_bar_config(disable=True)
     log.info("class images: %d in %s, generating %d", len(existing), folder, missing)
     for start in range(0, missing, GENERATION_BATCH):

@@ -61,14 +61,19 @@ def network_config_problems(network_cfg: Any) -> list[str]:
     return [f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}"]
 
 
-def build_network(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> AdapterNetwork:
-    """Freeze the base model and add the adapters of ``network.type`` to it."""
+def build_network(
+    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+) -> AdapterNetwork:
+    """Freeze the base model and add the adapters of ``network.type`` to it.
+
+    ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) chooses which layers are
+    adapted and their kohya names (``family_of(components)`` gives a loaded model's)."""
     net_type = _type_of(network_cfg)
     if net_type in LORA_TYPES:
-        return apply_lora(unet, text_encoder, network_cfg)
+        return apply_lora(unet, text_encoder, network_cfg, family)
     if net_type in LYCORIS_TYPES:
         # Imported here: lycoris-lora is only needed by the LyCORIS types.
         from trainer.networks.lycoris_net import build_lycoris
 
-        return build_lycoris(unet, text_encoder, network_cfg)
+        return build_lycoris(unet, text_encoder, network_cfg, family)
     raise ConfigError(network_config_problems(network_cfg))

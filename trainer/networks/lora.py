@@ -29,6 +29,7 @@ from torch import nn
 from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from trainer.errors import ConfigError, ModelLoadError
+from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type, key_problems
 
@@ -214,7 +215,7 @@ def _peft_config(targets: dict[str, str], spec: LoraSpec) -> LoraConfig:
 
 
 def _adapt(
-    model: nn.Module, component: str, targets: dict[str, str], spec: LoraSpec
+    model: nn.Module, component: str, targets: dict[str, str], spec: LoraSpec, family
 ) -> list[AdaptedModule]:
     model.add_adapter(_peft_config(targets, spec), adapter_name=ADAPTER_NAME)
     wrapped = sum(isinstance(m, LoraLayer) for m in model.modules())
@@ -228,7 +229,13 @@ def _adapt(
         rank, alpha = layer.r[ADAPTER_NAME], float(layer.lora_alpha[ADAPTER_NAME])
         modules.append(
             AdaptedModule(
-                kf.kohya_module_name(component, path), component, path, kind, rank, alpha, layer
+                family.kohya_module_name(component, path),
+                component,
+                path,
+                kind,
+                rank,
+                alpha,
+                layer,
             )
         )
         for param in (
@@ -239,19 +246,24 @@ def _adapt(
     return modules
 
 
-def apply_lora(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> LoraNetwork:
-    """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters."""
+def apply_lora(
+    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+) -> LoraNetwork:
+    """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters.
+
+    ``family`` (a ``trainer.families`` ModelFamily; default SD 1.x) chooses the target layers
+    and their kohya names."""
+    family = family or get_family(DEFAULT_FAMILY)
     spec = resolve_network_config(network_cfg)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     modules: list[AdaptedModule] = []
     if spec.train_unet:
-        targets = find_unet_targets(unet, with_conv=spec.type == "locon")
-        modules += _adapt(unet, "unet", targets, spec)
+        targets = family.lora_targets("unet", unet, with_conv=spec.type == "locon")
+        modules += _adapt(unet, "unet", targets, spec, family)
     if spec.train_text_encoder:
-        modules += _adapt(
-            text_encoder, "text_encoder", find_text_encoder_targets(text_encoder), spec
-        )
+        targets = family.lora_targets("text_encoder", text_encoder, with_conv=False)
+        modules += _adapt(text_encoder, "text_encoder", targets, spec, family)
     return LoraNetwork(spec, modules)
 
 

@@ -29,6 +29,7 @@ from lycoris.kohya import LycorisNetworkKohya
 from torch import nn
 
 from trainer.errors import ModelLoadError
+from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks.detect import check_network_type, key_problems
 from trainer.networks.lycoris_config import LycorisSpec, resolve_lycoris_config
 from trainer.networks.lycoris_fixes import apply_fixes
@@ -113,9 +114,9 @@ def text_root(text_encoder: nn.Module) -> nn.Module:
 
 
 def _lycoris_network(
-    unet: nn.Module, root: nn.Module | None, spec: LycorisSpec
+    unet: nn.Module, root: nn.Module | None, spec: LycorisSpec, preset: dict[str, Any]
 ) -> LycorisNetworkKohya:
-    LycorisNetworkKohya.apply_preset(PRESETS[spec.preset])
+    LycorisNetworkKohya.apply_preset(preset)
     extra: dict[str, Any] = {}
     if spec.type == "lokr":
         extra["factor"] = spec.factor
@@ -137,8 +138,13 @@ def _lycoris_network(
     )
 
 
-def build_lycoris(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) -> LycorisNetwork:
+def build_lycoris(
+    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+) -> LycorisNetwork:
     """Freeze ``unet`` and ``text_encoder`` and hook LyCORIS modules into their layers.
+
+    ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) gives the preset's target
+    module classes and names (``lycoris_preset``).
 
     The modules are created on the UNet's device, in fp32. Their initial weights give a zero
     delta (LoHa: ``hada_w2_a`` = 0; LoKr: ``lokr_w2`` / ``_b`` = 0; (IA)^3: scale 0; DoRA:
@@ -146,10 +152,11 @@ def build_lycoris(unet: nn.Module, text_encoder: nn.Module, network_cfg: Any) ->
     adapted model equals the base model.
     """
     spec = resolve_lycoris_config(network_cfg)
+    family = family or get_family(DEFAULT_FAMILY)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     root = text_root(text_encoder) if spec.train_text_encoder else None
-    net = _lycoris_network(unet, root, spec)
+    net = _lycoris_network(unet, root, spec, family.lycoris_preset(spec.preset))
     net.apply_to(
         root,
         unet,

@@ -1,0 +1,73 @@
+"""The model-family registry: ``model.family`` names one implementation, or a clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from trainer.errors import ConfigError
+from trainer.families import FAMILY_NAMES, family_problems, get_family
+
+CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+@pytest.mark.parametrize("value", ["sdxl", "SD15", "", None, 15])
+def test_unknown_family_names_the_key_the_value_and_the_allowed_names(value):
+    with pytest.raises(ConfigError) as raised:
+        get_family(value)
+    (problem,) = raised.value.problems
+    assert problem == f"model.family: {value!r} is not allowed; allowed: sd15"
+
+
+def test_sd15_is_registered_once_with_its_kohya_identity():
+    family = get_family("sd15")
+    assert FAMILY_NAMES == ("sd15",)
+    assert get_family("sd15") is family  # one instance per process
+    assert family.name == "sd15"
+    assert family.base_model_version == "sd_v1"
+    assert dict(family.kohya_prefixes) == {"unet": "lora_unet", "text_encoder": "lora_te"}
+    # The native geometry is the one the real-checkpoint config (model=sd15) trains at.
+    real = OmegaConf.load(CONF_MODEL / "sd15.yaml")
+    geometry = family.native_geometry
+    assert (real.family, real.resolution, real.bucket_reso_steps) == ("sd15", 512, 64)
+    assert (geometry.min_bucket_reso, geometry.max_bucket_reso) == (
+        real.min_bucket_reso,
+        real.max_bucket_reso,
+    )
+    assert (geometry.resolution, geometry.bucket_reso_steps) == (512, 64)
+    assert family_problems("sd15") == []
+
+
+@pytest.mark.parametrize("path", sorted(CONF_MODEL.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_model_config_names_its_family_and_the_settings_carry_it(path):
+    from trainer.models.loading import read_model_settings
+
+    cfg = OmegaConf.load(path)
+    assert cfg.family in FAMILY_NAMES
+    overrides = {"path": "tiny"} if OmegaConf.is_missing(cfg, "path") else {}
+    settings = read_model_settings(OmegaConf.merge(cfg, overrides))
+    assert settings.family == cfg.family
+
+
+def test_model_settings_report_a_bad_family_with_the_other_problems():
+    from trainer.models.loading import read_model_settings
+
+    with pytest.raises(ConfigError) as raised:
+        read_model_settings({"path": "tiny", "family": "flux", "clip_skip": 0})
+    assert "model.family: 'flux' is not allowed; allowed: sd15" in raised.value.problems
+    assert any(p.startswith("model.clip_skip") for p in raised.value.problems)
+    assert read_model_settings({"path": "tiny"}).family == "sd15"  # the default
+
+
+def test_checking_a_family_name_imports_no_ml_library():
+    code = (
+        "import sys; from trainer.families import family_problems; "
+        "assert family_problems('sdxl'); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

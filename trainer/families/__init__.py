@@ -1,0 +1,52 @@
+"""Model families by name: ``get_family(model.family)``.
+
+The registry maps each allowed ``model.family`` value to the module and class implementing
+:class:`~trainer.families.base.ModelFamily`; the module is imported on first use, so checking
+a config's ``model.family`` needs no ML library. A new family is one entry here, its module,
+and its ``conf/model/*.yaml`` files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING
+
+from trainer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainer.families.base import ModelFamily
+
+# model.family value -> "module:Class"
+_REGISTRY = {
+    "sd15": "trainer.families.sd15:SD15Family",
+}
+FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+DEFAULT_FAMILY = "sd15"
+
+
+def family_problems(name: object, key: str = "model.family") -> list[str]:
+    """The problem with ``name`` as a family (empty when it is allowed), for up-front checks."""
+    if isinstance(name, str) and name in _REGISTRY:
+        return []
+    return [f"{key}: {name!r} is not allowed; allowed: {', '.join(FAMILY_NAMES)}"]
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family ``model.family = name`` selects; a ``ConfigError`` naming the key, the value
+    and the allowed names otherwise. One instance per family and process."""
+    problems = family_problems(name)
+    if problems:
+        raise ConfigError(problems)
+    return _instance(name)
+
+
+@cache
+def _instance(name: str) -> ModelFamily:
+    module_name, class_name = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def family_of(components) -> ModelFamily:
+    """The family of loaded components (their ``family`` attribute, set by its ``load``)."""
+    return get_family(getattr(components, "family", DEFAULT_FAMILY))
