@@ -12,7 +12,6 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from evaluators import model_cache
 from evaluators.callback import EvaluationCallback
 from evaluators.harness import Harness
 from evaluators.scorers import ScoreInputs
@@ -163,7 +162,6 @@ def test_the_objective_best_epoch_and_diagnosis_ignore_the_oracle(tmp_path, orac
     wrong = dataclasses.replace(real, subject=False, background="teal", position="right")
     outcomes = []
     for reading in (real, wrong):
-        model_cache.clear_cache()
         harness = Harness(read_eval_settings(EVAL), MODEL, DATA, tmp_path / "cache")
         (scorer,) = [s for s in harness.scorers() if isinstance(s, OracleScorer)]
         scorer.oracle = _FixedOracle(reading)
