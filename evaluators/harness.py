@@ -271,6 +271,7 @@ class Harness:
                 inputs = ScoreInputs(
                     images=generated,
                     texts=[item.text for item in items],
+                    prompts=[item.prompt for item in items],
                     components=components,
                     encode=encode,
                     context={"checkpoint": checkpoint.label, "unet": u, "te": t},

@@ -21,7 +21,7 @@ from trainer.settings.read import as_dict, is_int, is_number
 # evaluators/samplers.py builds each of these (a test checks that the two lists agree).
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras")
 
-METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
+METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss", "oracle")
 # What each scorer of eval.metrics returns (evaluators/scorers/*.py ``score``), and the terms
 # the objective adds (evaluators/objective.py): the names a search metric can read.
 SCORER_OUTPUTS = {
@@ -31,7 +31,13 @@ SCORER_OUTPUTS = {
     "face": ("face_identity", "face_similarity", "face_distance", "face_match_rate",
              "faces_not_found"),
     "val_loss": ("val_loss",),
+    # the world oracle (evaluators/scorers/oracle.py); reported, never read by the objective
+    "oracle": ("oracle_subject", "oracle_subject_leak", "oracle_adherence",
+               "oracle_adherence_subject", "oracle_adherence_base", "oracle_background",
+               "oracle_position", "oracle_shape", "oracle_colour", "oracle_success"),
 }  # fmt: skip
+# Metric families that only report: an evaluation needs at least one other (the objective).
+REPORT_ONLY_METRICS = ("oracle",)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRID_EPOCHS = ("best", "last", "all", "none")
 # Every generated image of an epoch is held for scoring and the grids (prompts x images x
@@ -179,6 +185,9 @@ def _read_metrics(c: _Checker) -> tuple[str, ...]:
     unknown = [m for m in value if m not in METRICS]
     if unknown:
         c.bad("metrics", unknown, ", ".join(METRICS))
+    elif all(m in REPORT_ONLY_METRICS for m in value):
+        c.bad("metrics", value, "at least one metric the objective reads besides the oracle "
+              f"({', '.join(m for m in METRICS if m not in REPORT_ONLY_METRICS)})")  # fmt: skip
     return tuple(dict.fromkeys(m for m in value if m in METRICS))
 
 
@@ -349,4 +358,24 @@ def scoring_model_problems(settings: EvalSettings) -> list[str]:
         for key, metrics in used.items()
         if metrics
     ]
+    if "oracle" in settings.metrics:
+        problems += _oracle_problems(settings)
     return [p for p in problems if p]
+
+
+def _oracle_problems(settings: EvalSettings) -> list[str]:
+    """The oracle's weights must be there and every prompt must be a world caption."""
+    from evaluators.scorers.oracle import oracle_prompt_problems
+    from world.oracle import CONFIG_FILE, DEFAULT_DIR, WEIGHTS_FILE
+
+    missing = [
+        p for p in (DEFAULT_DIR / WEIGHTS_FILE, DEFAULT_DIR / CONFIG_FILE) if not p.is_file()
+    ]
+    problems = [
+        f"eval.metrics: 'oracle' needs {p}, which is missing; train it with "
+        "`python -m world oracle`"
+        for p in missing
+    ]
+    return problems + oracle_prompt_problems(
+        settings.prompts, settings.trigger, settings.class_word
+    )

@@ -8,6 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.callbacks import TRAINING_METRICS
 
+# The world oracle's metrics (eval/oracle_*): reported, never a sweep's objective.
+ORACLE_PREFIX = "oracle_"
 # What the other training modes save per epoch (trainer/modes/): not something to hot-swap.
 SAVES = {
     "dreambooth": "whole checkpoints",
@@ -104,17 +106,25 @@ def metric_name_problems(eval_cfg, metrics: list[str]) -> list[str]:
     except ConfigError:
         return []  # the eval group's own problems are reported; names follow from them
     allowed = {*TRAINING_METRICS, *(f"eval/{n}" for n in names + diagnosis)}
+    searchable = [n for n in names + diagnosis if not n.startswith(ORACLE_PREFIX)]
     allowed |= {f"eval/{n}{pair}" for n in names for pair in pairs}
     problems = []
     for i, metric in enumerate(metrics):
         name = metric.removeprefix("eval/")
+        if name.rpartition("/")[2].startswith(ORACLE_PREFIX):
+            problems.append(
+                f"search.metrics[{i}]: {metric!r} is the world oracle's, which only reports: it "
+                "is the referee the objective is checked against, so no sweep may optimise it; "
+                "use eval/objective (or another scorer metric)"
+            )
+            continue
         per_checkpoint = name.startswith("ckpt/") and name.rpartition("/")[2] in names
         if metric in allowed or (per_checkpoint and eval_cfg.get("checkpoints")):
             continue
         problems.append(
             f"search.metrics[{i}]: {metric!r} is produced by nobody (eval.metrics="
             f"{list(eval_cfg.metrics)}); allowed: "
-            f"{', '.join([*TRAINING_METRICS, *(f'eval/{n}' for n in names + diagnosis)])}, "
+            f"{', '.join([*TRAINING_METRICS, *(f'eval/{n}' for n in searchable)])}, "
             f"eval/<name>@<pair> for the strength pairs ({', '.join(p[1:] for p in pairs)}), "
             "eval/ckpt/<checkpoint>/<name> with several eval.checkpoints"
         )

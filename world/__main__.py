@@ -1,5 +1,5 @@
-"""``python -m world data|clip|vae|unet|manifest``: the world's data, and the training scripts
-of its base model and CLIP scorer (each deterministic for its arguments).
+"""``python -m world data|clip|vae|unet|samples|oracle|dino|manifest``: the world's data, and
+the training scripts of its base model and scorers (each deterministic for its arguments).
 
 * ``data [--out data/world]``: the subject and class folders (kohya layout).
 * ``clip``: the world CLIP (scorer, and the base model's text encoder) -> world/weights/clip.
@@ -7,6 +7,8 @@ of its base model and CLIP scorer (each deterministic for its arguments).
 * ``unet``: the UNet on the VAE's latents and the CLIP text tower -> world/weights/base
   (a diffusers pipeline folder), then MANIFEST.json.
 * ``samples``: a grid PNG of the base model's images for the base prompts.
+* ``oracle``: the oracle classifier -> world/weights/oracle.
+* ``dino``: the DINO-like image feature model (self-supervised) -> world/weights/dino.
 * ``manifest``: rewrite world/weights/MANIFEST.json (sha256 of every shipped file).
 """
 
@@ -25,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="write data/world/img (the subject) and reg (its class)")
     data.add_argument("--out", type=Path, default=Path("data/world"))
-    from world import samples, train_clip, train_unet, train_vae
+    from world import samples, train_clip, train_dino, train_oracle, train_unet, train_vae
 
-    stages = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "samples": samples}
+    stages = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "samples": samples,
+              "oracle": train_oracle, "dino": train_dino}  # fmt: skip
     for name, module in stages.items():
         module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
     sub.add_parser("manifest", help="rewrite world/weights/MANIFEST.json")

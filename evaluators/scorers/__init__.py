@@ -44,6 +44,10 @@ def build_scorers(
             from evaluators.scorers.face_identity import FaceIdentityScorer
 
             scorers.append(FaceIdentityScorer(images, settings.face_upsample))
+        elif metric == "oracle":
+            from evaluators.scorers.oracle import OracleScorer
+
+            scorers.append(OracleScorer(settings.prompts, settings.trigger, settings.class_word))
         elif metric == "val_loss":
             from evaluators.scorers.val_loss import ValLossScorer
 

@@ -25,6 +25,8 @@ class ScoreInputs:
     """The generated images (empty when no scorer needs generation)."""
     texts: Sequence[str] = ()
     """For each generated image, the text it should match (CLIP-T)."""
+    prompts: Sequence[str] = ()
+    """For each generated image, the prompt the diffusion model was given (the world oracle)."""
     components: SDComponents | None = None
     """The base model with the LoRA active at the current strength (validation loss)."""
     encode: Callable[[list[str]], torch.Tensor] | None = None
