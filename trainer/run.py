@@ -24,6 +24,7 @@ from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_train
 from trainer.models.loading import load_model
 from trainer.modes import run_mode
 from trainer.modes.pivot import pivot_captions, pivot_tokens
+from trainer.networks.compat import warn_consumers
 from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
 from trainer.networks.metadata import kohya_metadata
@@ -52,6 +53,7 @@ def train_from_config(
         validate_run(cfg)
     if cfg.train.mode != "lora":  # DreamBooth, textual inversion: trainer/modes/
         return run_mode(cfg, callbacks, components)
+    warn_consumers(cfg.network)  # the file's type vs network.target_consumer
     tc = cfg.train
     device = resolve_device(tc.device)
     make_deterministic(tc.seed, device, tc.get("deterministic", True))

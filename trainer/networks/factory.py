@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.networks.compat import target_problems
 from trainer.networks.detect import NETWORK_TYPES
 from trainer.networks.lora import NETWORK_TYPES as LORA_TYPES
 from trainer.networks.lora import apply_lora
@@ -55,9 +56,9 @@ def network_config_problems(network_cfg: Any) -> list[str]:
     """Every problem of ``network_cfg`` as messages (empty when valid), for up-front checks."""
     net_type = _type_of(network_cfg)
     if net_type in LORA_TYPES:
-        return lora_config_problems(network_cfg)
+        return lora_config_problems(network_cfg) + target_problems(network_cfg)
     if net_type in LYCORIS_TYPES:
-        return lycoris_config_problems(network_cfg)
+        return lycoris_config_problems(network_cfg) + target_problems(network_cfg)
     return [f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}"]
 
 
