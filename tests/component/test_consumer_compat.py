@@ -304,3 +304,12 @@ def test_every_network_config_documents_target_consumer():
         text = path.read_text(encoding="utf-8")
         assert "\ntarget_consumer: any\n" in text, path
         assert "any | comfyui | webui | diffusers" in text, path
+
+
+def test_composed_config_without_the_key_reads_any():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({k: v for k, v in CONFIGS["ia3"].items()})
+    OmegaConf.set_struct(cfg, True)  # as Hydra composes it: unknown keys raise on access
+    assert compat.consumer_settings(cfg)[1] == "any"
+    assert len(compat.warn_consumers(cfg)) == 2  # ComfyUI and diffusers fail on (IA)^3
