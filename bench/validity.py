@@ -18,8 +18,9 @@ in a small world whose ground truth is known, see ``world/``), this benchmark
    a trial of a point reports exactly what the grid recorded; the compute a replay spends is
    the epochs it trained and evaluated before finishing or being pruned.
 
-The oracle's quality of one (run, epoch) at a strength is ``oracle_subject x
-oracle_adherence``: the subject must appear *and* the prompt must be followed.
+The oracle's quality of one (run, epoch) at a strength is ``eval/oracle_success``: the share of
+subject-prompt images that show the subject *and* every attribute the prompt asked for (where a
+scorer reports no success rate, ``oracle_subject x oracle_adherence``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ STRENGTHS = (0.5, 1.0, 1.5)
 OBJECTIVE = "eval/objective"
 SUBJECT = "eval/oracle_subject"
 ADHERENCE = "eval/oracle_adherence"
+SUCCESS = "eval/oracle_success"
 TARGETS = {
     "base attribute accuracy": ">= 80%",
     "base subject present": "< 10%",
@@ -119,8 +121,10 @@ def _suffix(strength: float | None) -> str:
 
 
 def oracle_quality(metrics: dict[str, float], strength: float | None = None) -> float:
-    """The oracle's judgement of one evaluated epoch: subject present x prompt followed."""
+    """The oracle's judgement of one evaluated epoch: subject present and prompt followed."""
     suffix = _suffix(strength)
+    if SUCCESS + suffix in metrics:
+        return metrics[SUCCESS + suffix]
     return metrics[SUBJECT + suffix] * metrics[ADHERENCE + suffix]
 
 

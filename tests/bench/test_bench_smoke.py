@@ -111,3 +111,33 @@ def test_train_smoke_on_cuda_runs_the_gpu_paths(tmp_path):
     assert [r["variant"] for r in rows] == ["ours", "reference"]
     assert all(float(r["images/s"]) > 0 for r in rows)
     assert (tmp_path / "prof" / "profile_ours.txt").read_text().strip()
+
+
+def test_validity_smoke_scores_a_world_grid_against_the_oracle(tmp_path):
+    """Two world runs, two epochs each, every epoch scored by the objective and the oracle;
+    the base-model check and the replayed default sweeps run; the block has a row per measure."""
+    from bench.validity import COLUMNS as VALIDITY_COLUMNS
+
+    results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "validity", "--smoke", "--results", str(results)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["measure"]: r for r in _block(results.read_text(), "validity", VALIDITY_COLUMNS)}
+    expected = {
+        "base attribute accuracy",
+        "base subject present",
+        "spearman objective vs oracle",
+        "kept epoch within 1 of oracle's",
+        "strength diagnosis agrees",
+    }
+    assert expected <= set(rows)
+    for name in ("base attribute accuracy", "base subject present"):
+        assert re.match(r"^\d+\.\d%$", rows[name]["value"]), rows[name]
+        assert rows[name]["met"] in ("yes", "NO")
+    text = results.read_text()
+    assert "P2 replay: default sampler tpe" in text
+    assert re.search(r"seed 0: \d+ complete / \d+ pruned, \d+ epochs", text)

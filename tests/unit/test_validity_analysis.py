@@ -49,6 +49,9 @@ def test_oracle_quality_multiplies_subject_and_adherence_at_a_strength():
     assert oracle_best_strength(m, STRENGTHS) == 1.0  # tie at 0.5 and 1.0: nearest 1.0 wins
     m[f"{SUBJECT}@unet0.5_te0.5"] = 0.9
     assert oracle_best_strength(m, STRENGTHS) == 0.5
+    # The scorer's own success rate (subject and every attribute per image) is preferred.
+    m["eval/oracle_success"] = 0.1
+    assert oracle_quality(m) == 0.1
     assert [oracle_state(s) for s in STRENGTHS] == [-1, 0, 1]
 
 
