@@ -47,6 +47,20 @@ def keep_file(data: ReportData) -> tuple[str, str]:
     return best.best_file, where
 
 
+def _readers(data: ReportData) -> str:
+    """Which programs read the best trial's file as it was evaluated (network.type may be
+    swept, so the trial's own parameters come first)."""
+    from trainer.networks.compat import reader_line
+
+    params = data.best[0].params if data.best else {}
+
+    def value(key: str):
+        return params.get(f"network.{key}", _get(data.config, f"network.{key}"))
+
+    target = value("target_consumer") or "any"
+    return reader_line(str(value("type")), str(target), value("alpha"), value("dim"))
+
+
 def summary(data: ReportData) -> Markup:
     parts: list[str] = []
     if any(e.random_weights for e in data.outputs.evals.values()):
@@ -66,6 +80,7 @@ def summary(data: ReportData) -> Markup:
         ("Best trial", _best_line(best)),
         ("File to keep", keep_file(data)[0]),
         ("File to keep, in MLflow", keep_file(data)[1]),
+        ("Programs that apply it as evaluated", _readers(data)),
         ("Base model", _get(data.config, "model.path") or _get(data.config, "model.name")),
         ("Training data", _get(data.config, "data.dir")),
         ("Evaluation prompts", bullets(_get(data.config, "eval.prompts") or [])),

@@ -313,3 +313,30 @@ def test_composed_config_without_the_key_reads_any():
     OmegaConf.set_struct(cfg, True)  # as Hydra composes it: unknown keys raise on access
     assert compat.consumer_settings(cfg)[1] == "any"
     assert len(compat.warn_consumers(cfg)) == 2  # ComfyUI and diffusers fail on (IA)^3
+
+
+def test_report_summary_says_which_programs_apply_the_best_file():
+    from sweeper.report.gather import ReportData, TrialInfo
+    from sweeper.report.sections import summary
+
+    def data(params, network):
+        best = TrialInfo(
+            number=0, state="COMPLETE", values=[1.0], params=params, best_epoch=1,
+            epoch_metrics={}, fail_reason=None, pruned_at=None, output_dir=None, run_id=None,
+            command="",
+        )  # fmt: skip
+        return ReportData(
+            study_name="s", storage="sqlite:///x.db", directions=["maximize"],
+            metrics=["eval/objective"], states={"COMPLETE": 1}, trials=[best], best=[best],
+            ranked=[best], config={"network": network},
+        )  # fmt: skip
+
+    html = str(summary(data({}, {"type": "ia3", "target_consumer": "any"})))
+    assert "network.type &#x27;ia3&#x27; in ComfyUI: fails" in html
+    assert "in diffusers `load_lora_weights`: fails" in html
+    # a swept network.type: the best trial's own type decides
+    html = str(summary(data({"network.type": "lora"}, {"type": "ia3"})))
+    assert "exact (as evaluated) in ComfyUI, AUTOMATIC1111 WebUI, diffusers" in html
+    html = str(summary(data({"network.dim": 4}, {"type": "dora", "alpha": 2, "dim": 8,
+                                                 "target_consumer": "webui"})))  # fmt: skip
+    assert "AUTOMATIC1111 WebUI: differs" in html

@@ -108,6 +108,19 @@ def consumer_problems(
     return lines
 
 
+def reader_line(
+    net_type: str, target: str, alpha: float | None = None, dim: int | None = None
+) -> str:
+    """One line for the report: where the file of ``net_type`` is read as evaluated."""
+    if net_type not in COMPATIBILITY:
+        return f"unknown network type {net_type!r}"
+    problems = consumer_problems(net_type, target, alpha, dim)
+    if problems:
+        return "; ".join(problems)
+    consumers = CONSUMERS if target == "any" else (target,)
+    return "exact (as evaluated) in " + ", ".join(CONSUMER_NAMES[c] for c in consumers)
+
+
 def warn_consumers(network_cfg: Any) -> list[str]:
     """Log a warning per consumer (of ``network.target_consumer``) that cannot read the
     network type being trained or applies it differently; returns the lines."""
