@@ -1,19 +1,25 @@
 """The ``eval`` config group, read once and checked: every problem is reported at once.
 
 Functions here take the ``eval`` sub-config (a DictConfig, a mapping or an object with the
-keys as attributes), never the whole run config. ``conf/eval/default.yaml`` documents each key.
+keys as attributes), never the whole run config. ``conf/eval/default.yaml`` documents each key
+and holds its default: a key a partial mapping leaves out is read from there. Nothing here
+imports torch or diffusers, so the group is checked before any model library loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict
 
-from evaluators.samplers import SAMPLER_NAMES as SAMPLERS
 from trainer.errors import ConfigError
+from trainer.settings.defaults import yaml_defaults
+from trainer.settings.read import as_dict, is_int, is_number
+
+# evaluators/samplers.py builds each of these (a test checks that the two lists agree).
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras")
 
 METRICS = ("clip_i", "clip_t", "dino", "face", "val_loss")
 # What each scorer of eval.metrics returns (evaluators/scorers/*.py ``score``), and the terms
@@ -44,44 +50,46 @@ CHECKPOINT_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """Validated ``eval`` keys (see ``conf/eval/default.yaml`` for what each one means)."""
+class EvalSettings(BaseModel):
+    """Validated ``eval`` keys (see ``conf/eval/default.yaml`` for what each one means and its
+    default)."""
 
-    metrics: tuple[str, ...] = ("clip_i", "clip_t", "dino", "val_loss")
-    clip_model: str = "tiny"
-    dino_model: str = "tiny"
-    trigger: str | None = None
-    class_word: str | None = None
-    prompts: tuple[str, ...] = ("a photo of {trigger}",)
-    negative_prompt: str = ""
-    seed: int = 1234
-    images_per_prompt: int = 1
-    batch_size: int = 8
-    sampler: str = "ddim"
-    steps: int = 8
-    guidance_scale: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
-    unet_strengths: tuple[float, ...] = (0.5, 1.0)
-    te_strengths: tuple[float, ...] = (0.5, 1.0)
-    checkpoints: tuple[dict, ...] = ()
-    every_n_epochs: int | str = 1  # or "auto" (evaluators/cadence.py)
-    max_overhead: float = 0.2
-    grid_epochs: str = "best"
-    reference_dir: str | None = None
-    max_reference_images: int = 16
-    val_dir: str | None = None
-    val_timesteps: tuple[int, ...] = (100, 400, 700, 900)
-    val_seed: int = 0
-    val_max_images: int = 4
-    face_upsample: int = 1
-    fidelity_weight: float = 0.5
-    device: str = "auto"
-    precision: str = "auto"
-    output_dir: str | None = None
-    save_grids: bool = True
+    model_config = ConfigDict(frozen=True)
+
+    metrics: tuple[str, ...]
+    clip_model: str
+    dino_model: str
+    trigger: str | None
+    class_word: str | None
+    prompts: tuple[str, ...]
+    negative_prompt: str
+    seed: int
+    images_per_prompt: int
+    batch_size: int
+    sampler: str
+    steps: int
+    guidance_scale: float
+    width: int | None
+    height: int | None
+    strengths: tuple[float, ...]
+    unet_strengths: tuple[float, ...]
+    te_strengths: tuple[float, ...]
+    checkpoints: tuple[dict, ...]
+    every_n_epochs: int | str  # or "auto" (evaluators/cadence.py)
+    max_overhead: float
+    grid_epochs: str
+    reference_dir: str | None
+    max_reference_images: int
+    val_dir: str | None
+    val_timesteps: tuple[int, ...]
+    val_seed: int
+    val_max_images: int
+    face_upsample: int
+    fidelity_weight: float
+    device: str
+    precision: str
+    output_dir: str | None
+    save_grids: bool
 
     @property
     def generation_metrics(self) -> tuple[str, ...]:
@@ -95,28 +103,11 @@ class EvalSettings:
         return list(dict.fromkeys(pairs))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _as_mapping(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return {k: _plain(v) for k, v in cfg.items()}
-    return {f.name: getattr(cfg, f.name) for f in fields(EvalSettings) if hasattr(cfg, f.name)}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def _defaults() -> dict[str, Any]:
+    """conf/eval/default.yaml's keys, ``objective.fidelity_weight`` as ``fidelity_weight``."""
+    d = yaml_defaults("eval")
+    d["fidelity_weight"] = d.pop("objective")["fidelity_weight"]
+    return d
 
 
 class _Checker:
@@ -129,19 +120,19 @@ class _Checker:
     def bad(self, key: str, value: Any, allowed: str) -> None:
         self.problems.append(f"eval.{key}: {value!r} is not allowed; allowed: {allowed}")
 
-    def get(self, key: str, default: Any) -> Any:
+    def get(self, key: str, default: Any = None) -> Any:
         return self.raw.get(key, default)
 
     def int_at_least(self, key: str, default: int, low: int, high: int | None = None) -> int:
         value = self.get(key, default)
-        if not _is_int(value) or value < low or (high is not None and value > high):
+        if not is_int(value) or value < low or (high is not None and value > high):
             self.bad(key, value, f"an integer >= {low}" + (f" and <= {high}" if high else ""))
             return default
         return value
 
     def number(self, key: str, default: float, low: float, high: float | None = None) -> float:
         value = self.get(key, default)
-        if not _is_number(value) or value < low or (high is not None and value > high):
+        if not is_number(value) or value < low or (high is not None and value > high):
             self.bad(key, value, f"a number in [{low}, {'inf' if high is None else high}]")
             return default
         return float(value)
@@ -174,17 +165,17 @@ class _Checker:
         if not isinstance(value, list | tuple) or (nonempty and not value):
             self.bad(key, value, "a non-empty list of numbers >= 0" if nonempty else "a list")
             return default
-        if not all(_is_number(v) and v >= 0 for v in value):
+        if not all(is_number(v) and v >= 0 for v in value):
             self.bad(key, value, "numbers >= 0 (strength multipliers; 1.0 = as trained)")
             return default
         return tuple(float(v) for v in value)
 
 
 def _read_metrics(c: _Checker) -> tuple[str, ...]:
-    value = c.get("metrics", list(EvalSettings.metrics))
+    value = c.get("metrics")
     if not isinstance(value, list | tuple) or not value:
         c.bad("metrics", value, f"a non-empty list of {', '.join(METRICS)}")
-        return EvalSettings.metrics
+        return ()
     unknown = [m for m in value if m not in METRICS]
     if unknown:
         c.bad("metrics", unknown, ", ".join(METRICS))
@@ -192,14 +183,14 @@ def _read_metrics(c: _Checker) -> tuple[str, ...]:
 
 
 def _read_prompts(c: _Checker) -> tuple[str, ...]:
-    value = c.get("prompts", list(EvalSettings.prompts))
+    value = c.get("prompts")
     if (
         not isinstance(value, list | tuple)
         or not value
         or not all(isinstance(p, str) and p.strip() for p in value)
     ):
         c.bad("prompts", value, "a non-empty list of non-empty strings ('{trigger}' = trigger)")
-        return EvalSettings.prompts
+        return ()
     return tuple(value)
 
 
@@ -226,21 +217,21 @@ def _read_checkpoints(c: _Checker) -> tuple[dict, ...]:
 
 def read_eval_settings(eval_cfg: Any) -> EvalSettings:
     """Validate ``eval_cfg``; raise :class:`ConfigError` naming every bad key at once."""
-    c = _Checker(_as_mapping(eval_cfg))
-    d = EvalSettings()
-    objective = c.get("objective", {}) or {}
+    d = SimpleNamespace(**_defaults())
+    c = _Checker({**vars(d), **as_dict(eval_cfg)})
+    objective = c.get("objective", None) or {}
     if not isinstance(objective, Mapping):
         c.bad("objective", objective, "a mapping with key fidelity_weight")
         objective = {}
     weight = objective.get("fidelity_weight", d.fidelity_weight)
-    if not _is_number(weight) or not 0 <= weight <= 1:
+    if not is_number(weight) or not 0 <= weight <= 1:
         c.bad("objective.fidelity_weight", weight, "a number in [0, 1]")
         weight = d.fidelity_weight
     width, height = c.get("width", None), c.get("height", None)
     for key, value in (("width", width), ("height", height)):
-        if value is not None and (not _is_int(value) or value < 8 or value % 8):
+        if value is not None and (not is_int(value) or value < 8 or value % 8):
             c.bad(key, value, "null (the model's resolution) or a multiple of 8")
-    settings = EvalSettings(
+    values = dict(
         metrics=_read_metrics(c),
         clip_model=c.model_source("clip_model", d.clip_model),
         dino_model=c.model_source("dino_model", d.dino_model),
@@ -256,8 +247,8 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
         sampler=c.choice("sampler", d.sampler, SAMPLERS),
         steps=c.int_at_least("steps", d.steps, 1, MAX_SAMPLING_STEPS),
         guidance_scale=c.number("guidance_scale", d.guidance_scale, 0.0),
-        width=width if _is_int(width) else None,
-        height=height if _is_int(height) else None,
+        width=width if is_int(width) else None,
+        height=height if is_int(height) else None,
         strengths=c.numbers("strengths", d.strengths, nonempty=True),
         unet_strengths=c.numbers("unet_strengths", d.unet_strengths, nonempty=False),
         te_strengths=c.numbers("te_strengths", d.te_strengths, nonempty=False),
@@ -278,42 +269,43 @@ def read_eval_settings(eval_cfg: Any) -> EvalSettings:
         output_dir=c.optional_str("output_dir"),
         save_grids=bool(c.get("save_grids", d.save_grids)),
     )
-    if bool(settings.unet_strengths) != bool(settings.te_strengths):
+    unet, te = values["unet_strengths"], values["te_strengths"]
+    if bool(unet) != bool(te):
         c.bad(
             "unet_strengths/te_strengths",
-            [list(settings.unet_strengths), list(settings.te_strengths)],
+            [list(unet), list(te)],
             "both empty (no UNet x TE grid) or both non-empty",
         )
     if c.problems:
         raise ConfigError(c.problems)
-    return settings
+    return EvalSettings(**values)
 
 
 def _read_every_n_epochs(c: _Checker) -> int | str:
-    value = c.get("every_n_epochs", EvalSettings.every_n_epochs)
-    if value == "auto" or (_is_int(value) and value >= 1):
+    value = c.get("every_n_epochs")
+    if value == "auto" or (is_int(value) and value >= 1):
         return value
     c.bad("every_n_epochs", value, "an integer >= 1 or 'auto' (cost <= eval.max_overhead)")
-    return EvalSettings.every_n_epochs
+    return 1
 
 
 def _read_max_overhead(c: _Checker) -> float:
-    value = c.get("max_overhead", EvalSettings.max_overhead)
-    if not _is_number(value) or not value > 0:
+    value = c.get("max_overhead")
+    if not is_number(value) or not value > 0:
         c.bad("max_overhead", value, "a number > 0 (evaluation cost / training cost, e.g. 0.2)")
-        return EvalSettings.max_overhead
+        return 0.0
     return float(value)
 
 
 def _read_timesteps(c: _Checker) -> tuple[int, ...]:
-    value = c.get("val_timesteps", list(EvalSettings.val_timesteps))
+    value = c.get("val_timesteps")
     if (
         not isinstance(value, list | tuple)
         or not value
-        or not all(_is_int(t) and t >= 0 for t in value)
+        or not all(is_int(t) and t >= 0 for t in value)
     ):
         c.bad("val_timesteps", value, "a non-empty list of integer timesteps >= 0")
-        return EvalSettings.val_timesteps
+        return ()
     return tuple(value)
 
 
@@ -334,12 +326,18 @@ def produced_metrics(settings: EvalSettings) -> tuple[list[str], list[str], list
     return names, pairs, ["random_weights", *DIAGNOSIS_METRICS]
 
 
-def eval_config_problems(eval_cfg: Any) -> list[str]:
-    """Every problem of ``eval_cfg`` as messages (empty when valid), for up-front checks."""
+def eval_config_problems(eval_cfg: Any, models: bool = True) -> list[str]:
+    """Every problem of ``eval_cfg`` as messages (empty when valid), for up-front checks.
+    ``models``: also whether the scoring models can load (imports torch and transformers)."""
     try:
         settings = read_eval_settings(eval_cfg)
     except ConfigError as error:
         return list(error.problems)
+    return scoring_model_problems(settings) if models else []
+
+
+def scoring_model_problems(settings: EvalSettings) -> list[str]:
+    """The scoring models of the chosen metrics that cannot load (nothing is loaded)."""
     from evaluators.scoring_models import scoring_model_problem
 
     used = {

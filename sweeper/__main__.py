@@ -1,5 +1,11 @@
 """``python -m sweeper``: the Hydra application. One run, or with ``-m`` an Optuna sweep
-(the project's sweeper plugin, ``hydra_plugins/lorasweep_optuna``)."""
+(the project's sweeper plugin, ``hydra_plugins/lorasweep_optuna``).
+
+A single run's config is read into typed settings and checked (every key, every image) before
+anything imports torch, diffusers, transformers or mlflow: those are imported by
+``sweeper.task`` only once the config is known to be good, so a typo is reported in the time
+Hydra takes to compose the config.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,15 @@ log = logging.getLogger("sweeper")
 def main(cfg: DictConfig):
     from sweeper.explicit import explicit_wins
     from sweeper.interrupt import interruptible, report_and_exit
-    from sweeper.task import run_task
 
     try:
+        cfg = explicit_wins(cfg, HydraConfig.get().overrides.task)
+        # A sweep's trial is checked by the trial itself (it records the failure).
+        spec = None if HydraConfig.get().mode == RunMode.MULTIRUN else read_settings(cfg)
+        from sweeper.task import run_task  # the model libraries: the config is good
+
         with interruptible():
-            return run_task(explicit_wins(cfg, HydraConfig.get().overrides.task))
+            return run_task(cfg, spec)
     except KeyboardInterrupt as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper fails and re-queues the trial, then exits
@@ -38,6 +48,15 @@ def main(cfg: DictConfig):
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def read_settings(cfg: DictConfig):
+    """The run's typed settings (``trainer.settings.spec.RunSpec``), or ConfigError listing
+    every problem of its keys and data; no model library is imported."""
+    from sweeper.checks import key_problems
+    from trainer.settings.spec import read_run_spec
+
+    return read_run_spec(cfg, extra_checks=[key_problems])
 
 
 def multirun_flag_first(argv: list[str]) -> list[str]:

@@ -25,23 +25,44 @@ def needs_evaluation(metrics: list[str]) -> bool:
 
 
 def run_problems(cfg: DictConfig) -> list[str]:
-    """The sweeper's checks of a run's config: the ``eval`` group and the metrics it must
-    produce, and keys that no option file declares (they would do nothing)."""
+    """The sweeper's checks of a run's config: :func:`key_problems`, and whether the scoring
+    models of the evaluation can load (imports torch and transformers)."""
+    return key_problems(cfg) + scoring_model_problems(cfg)
+
+
+def key_problems(cfg: DictConfig) -> list[str]:
+    """The sweeper's checks of a run's keys, without importing a model library: the ``eval``
+    group and the metrics it must produce, and keys that no option file declares (they would
+    do nothing)."""
     from sweeper.config_keys import unknown_key_problems
 
-    return evaluation_problems(cfg) + unknown_key_problems(cfg)
+    return evaluation_problems(cfg, models=False) + unknown_key_problems(cfg)
 
 
-def evaluation_problems(cfg: DictConfig) -> list[str]:
+def scoring_model_problems(cfg: DictConfig) -> list[str]:
+    """The scoring models the evaluation would load and cannot (none when it does not run)."""
+    from evaluators.settings import read_eval_settings, scoring_model_problems
+    from trainer.errors import ConfigError
+
+    if "eval" not in cfg or not needs_evaluation(objective_metrics(cfg)):
+        return []
+    try:
+        return scoring_model_problems(read_eval_settings(cfg.eval))
+    except ConfigError:
+        return []  # reported by key_problems
+
+
+def evaluation_problems(cfg: DictConfig, models: bool = True) -> list[str]:
     """The ``eval`` group's problems when the evaluators will run, and search metrics that the
-    evaluation would not produce at every evaluated epoch."""
+    evaluation would not produce at every evaluated epoch. ``models``: also whether the
+    scoring models can load (imports torch and transformers)."""
     metrics = objective_metrics(cfg)
     if "eval" not in cfg:
         return []
     from evaluators.objective import DIAGNOSIS_METRICS
     from evaluators.settings import eval_config_problems
 
-    problems = eval_config_problems(cfg.eval)
+    problems = eval_config_problems(cfg.eval, models=models)
     if not needs_evaluation(metrics):
         # The evaluators will not run; a metric name that no scorer has is wrong all the same.
         return [p for p in problems if p.startswith("eval.metrics")]

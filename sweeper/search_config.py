@@ -21,6 +21,8 @@ from sweeper.explicit import cleared_keys
 from sweeper.search_space import ALPHA_OF, Param, SearchSpace, iter_specs, ordered, parse_param
 from sweeper.search_values import value_problems
 from trainer.errors import ConfigError
+from trainer.settings.defaults import yaml_default
+from trainer.settings.read import is_int
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -44,6 +46,8 @@ RANGE_FIELDS = ("key", "type", "log", "step", "skip_if_adaptive")
 # of even a one-minute training run take a week of GPU time.
 MAX_GRID_TRIALS = 10_000
 _ABSENT = object()
+# A search group given without the key (a partial mapping): conf/search/default.yaml's value.
+_DEFAULT_FAILURE_RATE = yaml_default("search", "max_failure_rate")
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ def _container(node: Any) -> Any:
     return node
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def _int_at_least(v: Any, minimum: int) -> bool:
+    return is_int(v) and v >= minimum
 
 
 def _choice(node: Any, key: str, allowed: Sequence[str], problems: list[str]) -> dict:
@@ -115,7 +119,7 @@ def read_settings(search: Any) -> SearchSettings:
     sampler_args = _choice(sampler, "sampler", SAMPLERS, problems)
     pruner_args = _choice(pruner, "pruner", PRUNERS, problems)
     seed = sampler.get("seed")
-    if seed is not None and not _is_int(seed, 0):
+    if seed is not None and not _int_at_least(seed, 0):
         problems.append(f"search.sampler.seed: a non-negative int or null, got {seed!r}")
     _check_objectives(s.get("directions"), s.get("metrics"), pruner.get("name"), problems)
     _check_budget(s, problems)
@@ -136,7 +140,7 @@ def read_settings(search: Any) -> SearchSettings:
         n_jobs=s.get("n_jobs"),
         storage=s.get("storage"),
         study_name=s.get("study_name"),
-        max_failure_rate=float(s.get("max_failure_rate", 1.0)),
+        max_failure_rate=float(s.get("max_failure_rate", _DEFAULT_FAILURE_RATE)),
         heartbeat_interval=interval,
         grace_period=heartbeat.get("grace_period") or (2 * interval if interval else None),
         max_retry=heartbeat.get("max_retry"),
@@ -175,21 +179,21 @@ def _check_objectives(directions: Any, metrics: Any, pruner: Any, problems: list
 def _check_heartbeat(heartbeat: Mapping, problems: list[str]) -> None:
     for key in ("interval", "grace_period"):
         value = heartbeat.get(key)
-        if value is not None and not _is_int(value, 1):
+        if value is not None and not _int_at_least(value, 1):
             problems.append(
                 f"search.heartbeat.{key}: a positive int (seconds) or null, got {value!r}"
             )
     retry = heartbeat.get("max_retry")
-    if retry is not None and not _is_int(retry, 0):
+    if retry is not None and not _int_at_least(retry, 0):
         problems.append(f"search.heartbeat.max_retry: a non-negative int or null, got {retry!r}")
 
 
 def _check_budget(s: Mapping, problems: list[str]) -> None:
-    if not _is_int(s.get("n_trials"), 1):
+    if not _int_at_least(s.get("n_trials"), 1):
         problems.append(f"search.n_trials: a positive int is required, got {s.get('n_trials')!r}")
-    if s.get("n_jobs") is not None and not _is_int(s.get("n_jobs"), 1):
+    if s.get("n_jobs") is not None and not _int_at_least(s.get("n_jobs"), 1):
         problems.append(f"search.n_jobs: a positive int or null, got {s.get('n_jobs')!r}")
-    rate = s.get("max_failure_rate", 1.0)
+    rate = s.get("max_failure_rate", _DEFAULT_FAILURE_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
         problems.append(f"search.max_failure_rate: a number in [0, 1] is required, got {rate!r}")
     for key in ("storage", "study_name"):

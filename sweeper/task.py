@@ -22,21 +22,28 @@ from sweeper.callbacks import (
     NonFiniteLossGuard,
     configured_callbacks,
 )
-from sweeper.checks import needs_evaluation, objective_metrics, run_problems
+from sweeper.checks import (
+    needs_evaluation,
+    objective_metrics,
+    run_problems,
+    scoring_model_problems,
+)
 from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
+from trainer.settings.spec import RunSpec
 from trainer.validate import validate_run
 
 log = logging.getLogger(__name__)
 
 
-def run_task(cfg: DictConfig) -> Any:
-    """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss."""
+def run_task(cfg: DictConfig, spec: RunSpec | None = None) -> Any:
+    """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss.
+    ``spec``: the run's settings, already read (``python -m sweeper`` reads them first)."""
     if cfg.get("optuna") is not None:
         from sweeper.trial import run_trial
 
         return run_trial(cfg)
-    return run_single(cfg)
+    return run_single(cfg, spec)
 
 
 def best_epoch(
@@ -52,14 +59,17 @@ def best_epoch(
     return epoch, finite[epoch]
 
 
-def run_single(cfg: DictConfig) -> float:
+def run_single(cfg: DictConfig, spec: RunSpec | None = None) -> float:
     """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
     from sweeper.tracking import MlflowCallback, single_run
 
     metrics = objective_metrics(cfg)
     directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
     # Bad input stops here, before a tracked run exists: a typo is not an experiment.
-    validate_run(cfg, extra_checks=[run_problems])
+    if spec is None:
+        spec = validate_run(cfg, extra_checks=[run_problems])
+    else:
+        spec = validate_run(cfg, extra_checks=[scoring_model_problems], spec=spec)
     with single_run(cfg) as run:
         losses = EpochLoss()
         sources: list = [losses]
@@ -77,7 +87,7 @@ def run_single(cfg: DictConfig) -> float:
             callbacks.append(evaluation)
             sources.append(evaluation)
         callbacks.append(MlflowCallback(run, sources, evaluation))
-        result = train_from_config(cfg, callbacks=callbacks, validated=True)
+        result = train_from_config(cfg, callbacks=callbacks, spec=spec)
         merged: dict[int, dict[str, float]] = {}
         for source in sources:
             for epoch, values in source.results.items():

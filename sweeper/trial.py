@@ -170,7 +170,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     from trainer.run import train_from_config
 
     # Every problem of the trial's config at once, before any model loads.
-    validate_run(cfg, extra_checks=[run_problems])
+    spec = validate_run(cfg, extra_checks=[run_problems])
     losses = EpochLoss()
     sources: list = [losses]
     callbacks: list[TrainingCallback] = [
@@ -190,7 +190,7 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     callbacks.append(MlflowCallback(run, sources, evaluation))
     reporter = OptunaReporter(trial, sources, settings)
     callbacks.append(reporter)
-    result = train_from_config(cfg, callbacks=callbacks, validated=True)
+    result = train_from_config(cfg, callbacks=callbacks, spec=spec)
     outcome = reporter.outcome()
     outcome["epochs_trained"] = result.epochs_done
     files = {str(s.epoch): str(s.path) for s in result.saved}

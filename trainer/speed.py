@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from trainer.settings.read import value
 
-SWITCH_VALUES = ("auto", True, False)
-FROZEN_PRECISIONS = ("auto", "fp32")
-KEYS = ("channels_last", "fused_optimizer", "compile", "frozen_precision")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The keys are checked by trainer.settings.train (before torch is imported).
+from trainer.settings.train import speed_problems  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,47 +42,18 @@ class SpeedOptions:
     frozen_dtype: torch.dtype | None = None  # None: keep the frozen weights as loaded
 
 
-def _get(train_cfg: Any, key: str, default: Any) -> Any:
-    if hasattr(train_cfg, "get"):
-        return train_cfg.get(key, default)
-    return getattr(train_cfg, key, default)
+def _switch(setting: Any, device: torch.device) -> bool:
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-def speed_problems(train_cfg: Any) -> list[str]:
-    """Every bad speed key of the ``train`` group, as messages (empty when all are valid)."""
-    problems = []
-    for key in ("channels_last", "fused_optimizer"):
-        value = _get(train_cfg, key, "auto")
-        if not (value == "auto" or isinstance(value, bool)):
-            problems.append(f"train.{key}: {value!r} is not allowed; allowed: auto, true, false")
-    value = _get(train_cfg, "compile", False)
-    if not (isinstance(value, bool) or value in COMPILE_MODES):
-        problems.append(
-            f"train.compile: {value!r} is not allowed; allowed: true, false, "
-            f"{', '.join(COMPILE_MODES)}"
-        )
-    value = _get(train_cfg, "frozen_precision", "auto")
-    if value not in FROZEN_PRECISIONS:
-        problems.append(
-            f"train.frozen_precision: {value!r} is not allowed; allowed: "
-            f"{', '.join(FROZEN_PRECISIONS)}"
-        )
-    return problems
-
-
-def _switch(value: Any, device: torch.device) -> bool:
-    return device.type == "cuda" if value == "auto" else bool(value)
-
-
-def speed_options(
-    train_cfg: Any, device: torch.device, autocast: torch.dtype | None
-) -> SpeedOptions:
-    """Resolve the speed keys of ``train_cfg`` for ``device`` and the run's autocast dtype."""
-    frozen = _get(train_cfg, "frozen_precision", "auto")
+def speed_options(train: Any, device: torch.device, autocast: torch.dtype | None) -> SpeedOptions:
+    """Resolve the speed keys of ``train`` (the typed settings or the group) for ``device`` and
+    the run's autocast dtype."""
+    frozen = value(train, "frozen_precision")
     return SpeedOptions(
-        channels_last=_switch(_get(train_cfg, "channels_last", "auto"), device),
-        fused_optimizer=_switch(_get(train_cfg, "fused_optimizer", "auto"), device),
-        compile=_get(train_cfg, "compile", False),
+        channels_last=_switch(value(train, "channels_last"), device),
+        fused_optimizer=_switch(value(train, "fused_optimizer"), device),
+        compile=value(train, "compile"),
         frozen_dtype=autocast if frozen == "auto" else None,
     )
 

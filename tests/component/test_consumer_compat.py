@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from evaluators.lora_swap import slot_for
 from trainer.models.tiny import build_tiny_components
 from trainer.networks import compat
-from trainer.networks.factory import build_network, network_config_problems
+from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import read_lora, save_lora
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,13 +290,14 @@ def test_run_start_warns_for_the_target_consumer(net_type, target, alpha, dim, e
     assert [r.getMessage().split(" (network.target")[0] for r in caplog.records] == lines
 
 
-def test_unknown_target_consumer_is_refused_before_training():
-    cfg = {**CONFIGS["lora"], "target_consumer": "invokeai"}
-    problems = network_config_problems(cfg)
+def test_unknown_target_consumer_is_refused_before_training(compose):
+    from trainer.settings.spec import parse_groups
+
+    problems, _ = parse_groups(compose("network=dora", "network.target_consumer=invokeai"))
     assert problems == [
         "network.target_consumer = 'invokeai'; allowed: any, comfyui, webui, diffusers"
     ]
-    assert network_config_problems({**CONFIGS["dora"], "target_consumer": "comfyui"}) == []
+    assert parse_groups(compose("network=dora", "network.target_consumer=comfyui"))[0] == []
 
 
 def test_every_network_config_documents_target_consumer():

@@ -10,7 +10,7 @@ import torch
 from trainer.errors import ModelLoadError
 from trainer.networks.detect import check_network_type, detect_network_type
 from trainer.networks.factory import network_config_problems
-from trainer.networks.lycoris_config import resolve_lycoris_config
+from trainer.settings.network import resolve_lycoris_config
 
 COMMON = dict(dropout=0.0, train_unet=True, train_text_encoder=True)
 LOHA = dict(type="loha", dim=8, alpha=4, conv_dim=4, conv_alpha=2, **COMMON)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from trainer.data.common import raise_if, read_config, require, rng_for
+from trainer.data.common import raise_if, read_keys, require, rng_for
 
 CONFIG_KEYS = ("flip_aug", "color_aug", "random_crop")
 # Colour jitter strength: a hue rotation of up to +-16 degrees and brightness +-10 %, small
@@ -32,7 +32,7 @@ class AugmentOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> AugmentOptions:
         """Read ``flip_aug``, ``color_aug`` and ``random_crop``."""
-        values, problems = read_config(cfg, CONFIG_KEYS)
+        values, problems = read_keys(cfg, tuple(CONFIG_KEYS), "data")
         for key in CONFIG_KEYS:
             require(values, key, lambda v: isinstance(v, bool), "must be true or false", problems)
         raise_if(problems)

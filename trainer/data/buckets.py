@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.common import is_int, is_pair, raise_if, read_config, require
+from trainer.data.common import is_int, is_pair, raise_if, read_keys, require
 from trainer.errors import DataError
 
 Size = tuple[int, int]
@@ -49,7 +49,7 @@ class BucketOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> BucketOptions:
         """Read ``resolution`` (a side, or [width, height]) and the bucket keys."""
-        values, problems = read_config(cfg, CONFIG_KEYS)
+        values, problems = read_keys(cfg, tuple(CONFIG_KEYS), "data")
         if "resolution" in values:
             res = values["resolution"]
             values["resolution"] = tuple(res) if is_pair(res) else (res, res)

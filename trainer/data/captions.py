@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.common import is_int, is_number, raise_if, read_config, require, rng_for
+from trainer.data.common import is_int, is_number, raise_if, read_keys, require, rng_for
 from trainer.data.kohya_layout import ImageItem
 
 CONFIG_KEYS = (
@@ -40,7 +40,7 @@ class CaptionOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> CaptionOptions:
         """Read ``shuffle_caption``, ``keep_tokens``, ``caption_separator`` and the rates."""
-        values, problems = read_config(cfg, CONFIG_KEYS)
+        values, problems = read_keys(cfg, tuple(CONFIG_KEYS), "data")
         require(values, "shuffle_caption", _is_bool, "must be true or false", problems)
         require(
             values,

@@ -1,4 +1,4 @@
-"""Small helpers shared by the data modules: reading config keys and deriving seeds."""
+"""Small helpers shared by the data modules: checking config keys and deriving seeds."""
 
 from __future__ import annotations
 
@@ -8,30 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainer.errors import ConfigError
-
-_MISSING = object()
-
-
-def read_config(cfg: Any, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """The values of ``keys`` in ``cfg`` and a problem for each key that is missing.
-
-    Works for a DictConfig as well as for any object with attributes (a dataclass, a
-    SimpleNamespace), so that the data modules can be used without Hydra. Missing keys are
-    left out of the returned dict, so that :func:`require` does not report them twice.
-    """
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for key in keys:
-        try:
-            value = getattr(cfg, key, _MISSING)
-        except Exception as err:  # omegaconf raises its own errors for unresolvable values
-            problems.append(f"data.{key}: cannot be read ({err})")
-            continue
-        if value is _MISSING:
-            problems.append(f"data.{key}: the key is missing from the data config")
-        else:
-            values[key] = value
-    return values, problems
+from trainer.settings.read import is_int, is_number, read_keys  # noqa: F401 (re-exported)
 
 
 def require(
@@ -45,14 +22,6 @@ def require(
 def raise_if(problems: list[str]) -> None:
     if problems:
         raise ConfigError(problems)
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def is_pair(value: Any) -> bool:

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from trainer.data.augment import AugmentOptions, color_jitter, flip_for_step
 from trainer.data.buckets import (
     BucketAssigner,
-    BucketOptions,
     Geometry,
     bucket_info,
     count_batches,
@@ -29,13 +28,11 @@ from trainer.data.buckets import (
     make_batches,
     random_crop,
 )
-from trainer.data.captions import CaptionOptions, caption_for_step, tag_frequency
+from trainer.data.captions import caption_for_step, tag_frequency
 from trainer.data.common import (
     is_int,
     is_number,
     raise_if,
-    read_config,
-    require,
     rng_for,
 )
 from trainer.data.images import apply_geometry, load_rgb, to_tensor
@@ -47,91 +44,10 @@ from trainer.data.kohya_layout import (
     scan_dataset,
 )
 from trainer.data.latent_cache import LatentCache, LatentRequest, VaeEncoder, file_digest
+from trainer.data.options import DataOptions
 from trainer.device import to_device
-from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-CONFIG_KEYS = ("dir", "reg_dir", "caption_extension", "cache_latents", "num_workers")
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Every data key, read and checked once."""
-
-    dir: Path
-    reg_dir: Path | None
-    caption_extension: str
-    cache_latents: bool
-    num_workers: int
-    captions: CaptionOptions
-    buckets: BucketOptions
-    augment: AugmentOptions
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> DataOptions:
-        """Read the data sub-config; ConfigError lists every bad key at once."""
-        values, problems = read_config(cfg, CONFIG_KEYS)
-        require(
-            values,
-            "dir",
-            lambda v: isinstance(v, str | Path) and str(v) != "",
-            "must be the path of the training images folder",
-            problems,
-        )
-        require(
-            values,
-            "reg_dir",
-            lambda v: v is None or isinstance(v, str | Path),
-            "must be null or a folder path",
-            problems,
-        )
-        require(
-            values,
-            "caption_extension",
-            lambda v: isinstance(v, str) and v.strip() != "",
-            "must be a file extension such as .txt",
-            problems,
-        )
-        require(
-            values,
-            "cache_latents",
-            lambda v: isinstance(v, bool),
-            "must be true or false",
-            problems,
-        )
-        require(
-            values,
-            "num_workers",
-            lambda v: is_int(v) and v >= 0,
-            "must be an integer >= 0",
-            problems,
-        )
-        parts = {}
-        for name, reader in (
-            ("captions", CaptionOptions),
-            ("buckets", BucketOptions),
-            ("augment", AugmentOptions),
-        ):
-            try:
-                parts[name] = reader.from_config(cfg)
-            except ConfigError as err:
-                problems += err.problems
-        raise_if(problems)
-        reg_dir = values["reg_dir"]
-        return cls(
-            dir=Path(values["dir"]),
-            reg_dir=Path(reg_dir) if reg_dir not in (None, "") else None,
-            caption_extension=values["caption_extension"],
-            cache_latents=values["cache_latents"],
-            num_workers=values["num_workers"],
-            **parts,
-        )
-
-    @property
-    def caches_latents(self) -> bool:
-        """Latents are cached unless switched off or augmentations change pixels every step."""
-        return self.cache_latents and not self.augment.pixels_vary
 
 
 @dataclass(frozen=True)
@@ -144,7 +60,7 @@ class Sample:
 
 
 def build_training_data(
-    data_cfg: Any,
+    data_cfg: DataOptions | Any,
     vae: torch.nn.Module,
     cache_dir: str | Path | None,
     *,
@@ -158,7 +74,7 @@ def build_training_data(
 
     Raises ConfigError for bad keys or arguments and DataError for unusable folders/images.
     """
-    options = DataOptions.from_config(data_cfg)
+    options = data_cfg if isinstance(data_cfg, DataOptions) else DataOptions.from_config(data_cfg)
     problems = []
     if not (is_int(batch_size) and batch_size >= 1):
         problems.append(f"batch_size: {batch_size!r} must be an integer >= 1")

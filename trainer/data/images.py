@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageOps
 
 from trainer.data.buckets import Geometry
 from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 # Transparent pixels become white rather than whatever colour the file stores under them
 # (often black), which is what the image looks like in a viewer and what kohya does.
@@ -88,5 +91,7 @@ def apply_geometry(image: Image.Image, geometry: Geometry, flip: bool = False) -
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB image as a float32 [3, H, W] tensor in [-1, 1], the VAE's input range."""
+    import torch  # here: checking the images of a config needs no torch
+
     array = np.asarray(image, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0

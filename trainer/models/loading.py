@@ -18,15 +18,13 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from omegaconf.errors import MissingMandatoryValue
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trainer.errors import ConfigError, ModelLoadError
-from trainer.families import DEFAULT_FAMILY, family_problems, get_family
+from trainer.families import get_family
 from trainer.models import tiny
 from trainer.models.components import SDComponents
 from trainer.models.ldm_format import (
@@ -38,72 +36,19 @@ from trainer.models.ldm_format import (
 )
 from trainer.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-BUNDLED_CONFIGS = Path(__file__).parent / "configs"
-# Models built from configs, with random weights: no file, no network.
-BUILT_IN_MODELS = ("tiny", "sd15_shape")
-ACCEPTED_PATHS = (
-    "'tiny', 'sd15_shape', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a "
-    "diffusers folder containing model_index.json, or a Hugging Face hub id 'owner/name' "
-    "(online only)"
+# The model keys are read by trainer.settings.model (no model library imported there).
+from trainer.settings.model import (  # noqa: F401 (re-exported for the loader's callers)
+    ACCEPTED_PATHS,
+    BUILT_IN_MODELS,
+    PREDICTION_TYPES,
+    ModelSettings,
+    read_model_settings,
 )
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FILE_LIKE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The ``model`` keys this module reads, validated."""
-
-    path: str
-    weights_seed: int = 0
-    prediction_type: str = "epsilon"
-    clip_skip: int = 1
-    vae: str | None = None
-    single_file_config: str = "sd15"
-    # Which ``trainer.families`` implementation loads, trains and samples this model.
-    family: str = DEFAULT_FAMILY
-
-
-def _cfg_value(cfg, key: str, default=None):
-    try:
-        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except MissingMandatoryValue:
-        return default
-
-
-def read_model_settings(model_cfg) -> ModelSettings:
-    """Read and check the keys of ``model_cfg`` (a DictConfig, dict or dataclass)."""
-    problems = []
-    family = _cfg_value(model_cfg, "family", DEFAULT_FAMILY)
-    problems += family_problems(family)
-    path = _cfg_value(model_cfg, "path")
-    if path in (None, "", "???"):
-        problems.append(f"model.path is required; accepted: {ACCEPTED_PATHS}")
-    prediction_type = _cfg_value(model_cfg, "prediction_type", "epsilon")
-    if prediction_type not in PREDICTION_TYPES:
-        problems.append(
-            f"model.prediction_type: {prediction_type!r} is not allowed; "
-            f"allowed: {', '.join(PREDICTION_TYPES)}"
-        )
-    clip_skip = _cfg_value(model_cfg, "clip_skip", 1)
-    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
-        problems.append(f"model.clip_skip: {clip_skip!r} is not allowed; allowed: an int >= 1")
-    seed = _cfg_value(model_cfg, "weights_seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        problems.append(f"model.weights_seed: {seed!r} is not allowed; allowed: an int")
-    if problems:
-        raise ConfigError(problems)
-    return ModelSettings(
-        path=str(path),
-        family=family,
-        weights_seed=seed,
-        prediction_type=prediction_type,
-        clip_skip=clip_skip,
-        vae=_cfg_value(model_cfg, "vae") or None,
-        single_file_config=str(_cfg_value(model_cfg, "single_file_config") or "sd15"),
-    )
 
 
 def check_clip_skip(clip_skip: int, num_layers: int) -> None:

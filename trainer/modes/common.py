@@ -1,19 +1,21 @@
-"""What the DreamBooth and textual-inversion modes share: run set-up, config views, the loop.
+"""The run set-up every mode shares (LoRA, DreamBooth, textual inversion), and the loop.
 
-Both modes reuse the LoRA trainer's pieces (model loading, the data pipeline, optimizers,
-schedulers and ``trainer.loop.train.run_training``); only what gets trained and what gets
-saved differ. Config views (the data group without its regularisation folder, the optimizer
-group with the mode's learning rates) are fresh copies: the run's config stays read-only.
+``trainer.run`` calls :func:`start_run` (device, determinism, the run folder with the resolved
+config, the frozen base model on the device) and hands the :class:`Run` to the mode selected by
+the ``train`` group (``trainer.modes.lora``, ``.dreambooth``, ``.textual_inversion``). A mode
+adds what it trains and what it saves, then calls :func:`train_loop`. Settings come from the
+run's :class:`~trainer.settings.spec.RunSpec`; views with a mode's own values (the optimizer
+with DreamBooth's learning rates, the data without its regularisation folder) are copies.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,85 +28,98 @@ from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_train
 from trainer.models.loading import load_model
 from trainer.optim.optimizers import build_optimizer, lr_metrics
 from trainer.optim.schedulers import build_scheduler
-from trainer.speed import speed_options
+from trainer.settings.optimizer import OptimizerSettings, relative_step
+from trainer.settings.spec import RunSpec
+from trainer.speed import SpeedOptions, speed_options
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")  # a mode's settings (DreamBoothSettings, TextualInversionSettings)
-
 
 @dataclass(frozen=True)
-class RunContext:
+class Run:
+    """One run, set up: its settings, where it writes, and the frozen base model on its device."""
+
+    spec: RunSpec
     device: torch.device
+    autocast: torch.dtype | None
+    speed: SpeedOptions
     output_dir: Path
     cache_dir: Path
     started_at: datetime
+    components: Any  # trainer.models.components.SDComponents
 
 
-def prepare_run(cfg: DictConfig) -> RunContext:
-    """Device, determinism and folders; the resolved config is saved with the outputs."""
-    device = resolve_device(cfg.train.device)
-    make_deterministic(cfg.train.seed, device, cfg.train.get("deterministic", True))
-    output_dir = Path(cfg.paths.output_dir)
+def start_run(cfg: DictConfig, spec: RunSpec, components=None) -> Run:
+    """Device and determinism, the run folder (with ``resolved_config.yaml``), and the base
+    model (``components`` when given, else ``spec.model`` loaded) frozen on the device."""
+    tc = spec.train
+    device = resolve_device(tc.device)
+    make_deterministic(tc.seed, device, tc.deterministic)
+    autocast = autocast_dtype(tc.mixed_precision, device)
+    output_dir = Path(spec.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text(output_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    return RunContext(device, output_dir, Path(cfg.paths.cache_dir), datetime.now(UTC))
-
-
-def load_frozen(cfg: DictConfig, ctx: RunContext, components=None):
-    """The base model on the run's device with every weight frozen (modes unfreeze theirs)."""
+    cache_dir = Path(spec.paths.cache_dir)
     if components is None:
-        components = load_model(cfg.model, ctx.cache_dir)
+        components = load_model(spec.model, cache_dir)
     for module in (components.unet, components.vae, components.text_encoder):
         module.requires_grad_(False)
-        module.to(ctx.device)
+        module.to(device)
     components.vae.eval()
-    return components
+    return Run(
+        spec=spec,
+        device=device,
+        autocast=autocast,
+        speed=speed_options(tc, device, autocast),
+        output_dir=output_dir,
+        cache_dir=cache_dir,
+        started_at=datetime.now(UTC),
+        components=components,
+    )
 
 
-def start_run(
-    cfg: DictConfig, read_settings: Callable[[DictConfig, DictConfig], S], components=None
-) -> tuple[S, RunContext, Any]:
-    """Every mode's set-up before it adds what it trains.
-
-    The mode's settings (``read_settings(cfg.train, cfg.data)``, its ``from_config``) come
-    first, so a bad value fails before any folder or file is written; then ``prepare_run`` and
-    the frozen base model (``components`` when given, else ``cfg.model`` loaded) on the device.
-    """
-    settings = read_settings(cfg.train, cfg.data)
-    ctx = prepare_run(cfg)
-    return settings, ctx, load_frozen(cfg, ctx, components)
+def enable_checkpointing(run: Run, text_encoder: bool) -> None:
+    """Gradient checkpointing (``train.gradient_checkpointing``) of what is trained."""
+    if run.spec.train.gradient_checkpointing:
+        run.components.unet.enable_gradient_checkpointing()
+        if text_encoder:
+            run.components.text_encoder.gradient_checkpointing_enable()
 
 
-def data_view(data_cfg: DictConfig, reg_dir: str | None) -> DictConfig:
-    """The data group, resolved, with ``reg_dir`` replaced (None = no regularisation)."""
-    values = OmegaConf.to_container(data_cfg, resolve=True)
-    values["reg_dir"] = reg_dir
-    return OmegaConf.create(values)
-
-
-def optimizer_view(opt_cfg: DictConfig, unet_lr: float | None, te_lr: float | None) -> DictConfig:
-    """The optimizer group with the mode's LRs; a None LR keeps the group's own value."""
-    values = OmegaConf.to_container(opt_cfg, resolve=True)
-    if unet_lr is not None:
-        values["lr"] = unet_lr
-        values["unet_lr"] = unet_lr
-    if te_lr is not None:
-        values["text_encoder_lr"] = te_lr
-    return OmegaConf.create(values)
-
-
-def build_data(cfg: DictConfig, ctx: RunContext, components, reg_dir: str | None):
-    tc = cfg.train
+def build_data(run: Run, reg_dir: Path | None | str = "keep"):
+    """The training batches; ``reg_dir``: the data group's own (``"keep"``), or a replacement
+    (None = no regularisation images)."""
+    options = run.spec.data
+    if reg_dir != "keep":
+        options = replace(options, reg_dir=Path(reg_dir) if reg_dir else None)
+    tc = run.spec.train
     return build_training_data(
-        data_view(cfg.data, reg_dir),
-        components.vae,
-        ctx.cache_dir,
+        options,
+        run.components.vae,
+        run.cache_dir,
         batch_size=tc.batch_size,
         seed=tc.seed,
         prior_loss_weight=tc.prior_loss_weight,
-        device=ctx.device,
+        device=run.device,
     )
+
+
+def optimizer_view(
+    opt: OptimizerSettings, unet_lr: float | None, te_lr: float | None
+) -> OptimizerSettings:
+    """The optimizer settings with a mode's LRs; a None LR keeps the group's own value (and
+    an optimizer that sets its own LR, AdaFactor with relative_step, keeps none)."""
+    if relative_step(opt.name, opt.args):
+        return opt
+    changes: dict[str, float] = {}
+    if unet_lr is not None:
+        changes.update(lr=unet_lr, unet_lr=unet_lr)
+    if te_lr is not None:
+        changes["text_encoder_lr"] = te_lr
+    elif unet_lr is not None and opt.configured_lrs.get("text_encoder_lr") is None:
+        changes["text_encoder_lr"] = unet_lr  # a null text_encoder_lr follows lr
+    configured = {**opt.configured_lrs, **changes}
+    return opt.model_copy(update={**changes, "configured_lrs": configured})
 
 
 def epoch_stem(run_name: str, epoch: int, is_last: bool) -> str:
@@ -112,65 +127,74 @@ def epoch_stem(run_name: str, epoch: int, is_last: bool) -> str:
     return run_name if is_last else f"{run_name}-{epoch:06d}"
 
 
-def train_loop(
-    cfg: DictConfig,
-    ctx: RunContext,
-    components,
-    data,
-    opt_cfg: DictConfig,
-    params: tuple[list, list],
-    train_text_encoder: bool,
-    save_epoch: Callable[[int, int, bool], Path],
-    callbacks: Iterable[TrainingCallback],
-) -> TrainResult:
-    """Optimizer and schedule over ``params`` (UNet, TE), then the shared training loop."""
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    fused = speed_options(tc, ctx.device, None).fused_optimizer
-    optimizer = build_optimizer(opt_cfg, *params, fused=fused)
-    epochs, max_steps = plan_length(
+def make_optimizer(run: Run, opt: OptimizerSettings, params: tuple[list, list]):
+    """The optimizer over ``params`` (UNet, text encoder) with the run's fused-kernel choice."""
+    return build_optimizer(opt, *params, fused=run.speed.fused_optimizer)
+
+
+def run_length(run: Run, data) -> tuple[int, int]:
+    """(epochs, optimizer steps) of the run on ``data`` (steps win over epochs)."""
+    tc = run.spec.train
+    return plan_length(
         data.batches_per_epoch, tc.gradient_accumulation_steps, tc.max_train_epochs,
         tc.max_train_steps,
     )  # fmt: skip
-    lr_scheduler = build_scheduler(cfg.scheduler, optimizer, max_steps, opt_cfg)
+
+
+def train_loop(
+    run: Run,
+    data,
+    optimizer: torch.optim.Optimizer,
+    opt: OptimizerSettings,
+    train_text_encoder: bool,
+    save_epoch: Callable[[int, int, bool], Path],
+    callbacks: Iterable[TrainingCallback],
+    network=None,
+) -> TrainResult:
+    """The schedule over the run's length, then the shared training loop. ``opt``: the
+    settings ``optimizer`` was built from; ``network``: the adapters (LoRA), for the max-norm
+    of ``train.scale_weight_norms``."""
+    tc, spec = run.spec.train, run.spec
+    epochs, max_steps = run_length(run, data)
+    lr_scheduler = build_scheduler(spec.scheduler, optimizer, max_steps, opt)
     settings = LoopSettings(
         epochs=epochs,
         max_steps=max_steps,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         min_snr_gamma=tc.min_snr_gamma,
         noise_offset=tc.noise_offset,
-        scale_weight_norms=None,
+        scale_weight_norms=tc.scale_weight_norms if network is not None else None,
         max_grad_norm=tc.max_grad_norm,
         save_every_n_epochs=tc.save_every_n_epochs,
         log_every_n_steps=tc.log_every_n_steps,
         seed=tc.seed,
-        clip_skip=cfg.model.clip_skip,
-        max_token_length=cfg.data.max_token_length,
+        clip_skip=spec.model.clip_skip,
+        max_token_length=spec.max_token_length,
         train_text_encoder=train_text_encoder,
-        autocast_dtype=autocast_dtype(tc.mixed_precision, ctx.device),
+        autocast_dtype=run.autocast,
         progress_bar=tc.progress_bar,
     )
     return run_training(
-        components=components,
-        network=None,  # used only for max-norm, which is an adapter feature
+        components=run.components,
+        network=network,
         data=data,
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         settings=settings,
-        device=ctx.device,
+        device=run.device,
         save_epoch=save_epoch,
         lr_metrics=lr_metrics,
         callbacks=callbacks,
     )
 
 
-def base_metadata(cfg: DictConfig, mode: str, epoch: int, step: int) -> dict[str, str]:
-    """Strings for a saved file's header: what made it."""
+def base_metadata(run: Run, mode: str, epoch: int, step: int) -> dict[str, str]:
+    """Strings for a saved file's header (DreamBooth, textual inversion): what made it."""
     return {
         "lorasweep_mode": mode,
-        "lorasweep_base_model": str(cfg.model.path),
+        "lorasweep_base_model": run.spec.model.path,
         "lorasweep_epoch": str(epoch),
         "lorasweep_steps": str(step),
-        "lorasweep_run_name": str(cfg.run_name),
+        "lorasweep_run_name": run.spec.run_name,
         "lorasweep_saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -1,4 +1,4 @@
-"""``train.mode=dreambooth`` (``train=dreambooth``): full fine-tuning of the UNet, optionally
+"""``train=dreambooth``: full fine-tuning of the UNet, optionally
 the text encoder, with optional prior preservation.
 
 Per saved epoch the whole model is written as one single-file checkpoint in the original SD
@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from trainer.device import SAVE_DTYPES
 from trainer.loop.callbacks import TrainingCallback
@@ -38,47 +37,44 @@ from trainer.modes import common
 from trainer.modes.class_images import ensure_class_images
 from trainer.modes.embedding_files import save_embedding
 from trainer.modes.pivot import pivot_captions, pivot_tokens
-from trainer.modes.settings import DreamBoothSettings
 
 log = logging.getLogger(__name__)
 
 
-def train_dreambooth(
-    cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
-) -> TrainResult:
-    """Fine-tune the base model of ``cfg`` (validated by ``validate_run``) and save it."""
-    s, ctx, components = common.start_run(cfg, DreamBoothSettings.from_config, components)
+def train_dreambooth(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> TrainResult:
+    """Fine-tune the run's base model (in place) and save it per saved epoch."""
+    s, spec, components = run.spec.mode, run.spec, run.components
     base = _snapshot(components) if s.save_lora_dim else None
-    reg_dir = None
+    reg_dir = spec.data.reg_dir
     if s.prior_preservation:
         ensure_class_images(
             components,
-            cfg.data.reg_dir,
+            reg_dir,
             s.class_prompt,
             s.num_class_images,
-            cfg.data.resolution,
+            max(spec.data.buckets.resolution),  # square class images
             s.class_sample_steps,
             s.class_guidance_scale,
         )
-        reg_dir = str(cfg.data.reg_dir)
-    elif cfg.data.reg_dir:
+    elif reg_dir:
         log.info("data.reg_dir is not used: train.prior_preservation is off")
-    pivot = pivot_tokens(components, cfg.train)
-    data = pivot_captions(common.build_data(cfg, ctx, components, reg_dir), pivot, cfg.train)
-    unet_params, te_params = _unfreeze(components, s.train_text_encoder, cfg.train)
-    opt_cfg = common.optimizer_view(
-        cfg.optimizer, s.learning_rate, s.text_encoder_lr or s.learning_rate
-    )
+        reg_dir = None
+    pivot = pivot_tokens(components, spec.train)
+    data = pivot_captions(common.build_data(run, reg_dir), pivot, spec.train)
+    unet_params, te_params = _unfreeze(run, s.train_text_encoder)
+    te_lr = s.text_encoder_lr or s.learning_rate
+    opt = common.optimizer_view(spec.optimizer, s.learning_rate, te_lr)
+    torch.manual_seed(spec.train.seed)
+    optimizer = common.make_optimizer(run, opt, (unet_params, te_params))
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
-        stem = common.epoch_stem(cfg.run_name, epoch, is_last)
-        return _save(cfg, ctx, s, components, pivot, base, stem, epoch, step, is_last)
+        stem = common.epoch_stem(spec.run_name, epoch, is_last)
+        return _save(run, pivot, base, stem, epoch, step, is_last)
 
     try:
         result = common.train_loop(
-            cfg, ctx, components, data, opt_cfg, (unet_params, te_params),
-            s.train_text_encoder, save_epoch, callbacks,
-        )  # fmt: skip
+            run, data, optimizer, opt, s.train_text_encoder, save_epoch, callbacks
+        )
     finally:
         if pivot is not None:  # leave the token in the models, as load_textual_inversion does
             pivot.bake()
@@ -95,13 +91,11 @@ def _snapshot(components) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def _unfreeze(components, train_text_encoder: bool, tc: DictConfig) -> tuple[list, list]:
+def _unfreeze(run: common.Run, train_text_encoder: bool) -> tuple[list, list]:
+    components = run.components
     components.unet.requires_grad_(True)
     components.text_encoder.requires_grad_(train_text_encoder)
-    if tc.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-        if train_text_encoder:
-            components.text_encoder.gradient_checkpointing_enable()
+    common.enable_checkpointing(run, text_encoder=train_text_encoder)
     unet_params = list(components.unet.parameters())
     te_params = list(components.text_encoder.parameters()) if train_text_encoder else []
     log.info(
@@ -112,30 +106,30 @@ def _unfreeze(components, train_text_encoder: bool, tc: DictConfig) -> tuple[lis
     return unet_params, te_params
 
 
-def _save(
-    cfg, ctx: common.RunContext, s, components, pivot, base, stem, epoch, step, is_last
-) -> Path:
-    path = ctx.output_dir / f"{stem}.safetensors"
-    meta = common.base_metadata(cfg, "dreambooth", epoch, step)
-    dtype = SAVE_DTYPES[cfg.train.save_precision]
+def _save(run: common.Run, pivot, base, stem, epoch, step, is_last) -> Path:
+    s, components, output_dir = run.spec.mode, run.components, run.output_dir
+    path = output_dir / f"{stem}.safetensors"
+    meta = common.base_metadata(run, "dreambooth", epoch, step)
+    dtype = SAVE_DTYPES[run.spec.train.save_precision]
     if pivot is None:
         save_single_file(components, path, dtype=dtype, metadata=meta)
     else:
         with pivot.base_embedding():
             save_single_file(components, path, dtype=dtype, metadata=meta)
         for token, vectors in pivot.vectors().items():
-            save_embedding(ctx.output_dir / f"{stem}-emb.safetensors", vectors, token, step, meta)
+            save_embedding(output_dir / f"{stem}-emb.safetensors", vectors, token, step, meta)
     log.info("saved epoch %d (step %d): %s", epoch, step, path)
     if is_last and s.save_lora_dim:
-        _save_extracted_lora(cfg, ctx, s, components, pivot, base, stem)
+        _save_extracted_lora(run, pivot, base, stem)
     return path
 
 
-def _save_extracted_lora(cfg, ctx: common.RunContext, s, components, pivot, base, stem) -> Path:
+def _save_extracted_lora(run: common.Run, pivot, base, stem) -> Path:
     from trainer.networks.kohya_format import save_lora
     from trainer.tools.extract import extract_lora
 
-    path = ctx.output_dir / f"{stem}-lora.safetensors"
+    s, components = run.spec.mode, run.components
+    path = run.output_dir / f"{stem}-lora.safetensors"
     tuned = {"unet": components.unet, "text_encoder": components.text_encoder}
     with pivot.base_embedding() if pivot is not None else contextlib.nullcontext():
         state, meta = extract_lora(
@@ -147,9 +141,9 @@ def _save_extracted_lora(cfg, ctx: common.RunContext, s, components, pivot, base
             # Full fine-tuning at DreamBooth's LRs (1e-6..5e-6) moves weights by far less than
             # kohya's 0.01 threshold; only a component left untouched (a frozen TE) is skipped.
             min_diff=0.0,
-            dtype=SAVE_DTYPES[cfg.train.save_precision],
-            device=ctx.device,
-            base_name=f"base model {cfg.model.path}",
+            dtype=SAVE_DTYPES[run.spec.train.save_precision],
+            device=run.device,
+            base_name=f"base model {run.spec.model.path}",
             tuned_name="the DreamBooth-tuned model",
         )
     save_lora(path, state, meta)

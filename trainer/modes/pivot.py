@@ -13,6 +13,7 @@ from typing import Any
 
 from trainer.modes.added_tokens import AddedTokens, PlaceholderCaptions
 from trainer.modes.embedding_files import read_embedding
+from trainer.settings.read import value
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def load_init_embedding(components, path) -> AddedTokens:
 
 def pivot_tokens(components, train_cfg: Any) -> AddedTokens | None:
     """``train.init_embedding`` loaded into ``components``, or None when it is null."""
-    path = train_cfg.get("init_embedding") if hasattr(train_cfg, "get") else None
+    path = value(train_cfg, "init_embedding", None)
     return load_init_embedding(components, path) if path else None
 
 
@@ -34,4 +35,4 @@ def pivot_captions(data, tokens: AddedTokens | None, train_cfg: Any):
     """``data`` whose captions carry the stage-1 token (unchanged when there is none)."""
     if tokens is None:
         return data
-    return PlaceholderCaptions(data, tokens, train_cfg.get("caption_placeholder", "replace_class"))
+    return PlaceholderCaptions(data, tokens, value(train_cfg, "caption_placeholder"))

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
-
 from trainer.errors import ConfigError
+from trainer.settings.read import is_int, is_number, value
 
 MODES = ("lora", "dreambooth", "textual_inversion")
 # A key only a mode's own group file defines: it tells which group was selected.
@@ -25,30 +23,10 @@ EMBEDDING_FORMATS = ("safetensors", "pt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]``; ``"???"`` for a mandatory value left unset (``get`` would hide it)."""
-    # ``key in cfg`` is False for a ??? value, so keys() it is.
-    known = isinstance(cfg, DictConfig) and key in cfg.keys()  # noqa: SIM118
-    if known and OmegaConf.is_missing(cfg, key):
-        return "???"
-    try:
-        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except MissingMandatoryValue:
-        return "???"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _positive_or_null(cfg: Any, key: str, problems: list[str]) -> None:
-    value = _get(cfg, key)
-    if value is not None and not (_is_number(value) and value > 0):
-        problems.append(f"train.{key}: {value!r} must be null or a number > 0")
+    v = value(cfg, key, None)
+    if v is not None and not (is_number(v) and v > 0):
+        problems.append(f"train.{key}: {v!r} must be null or a number > 0")
 
 
 # Upper bounds of counts that become lists, tensors or hours of work before anything trains.
@@ -65,25 +43,25 @@ _WHY_AT_MOST = {
 def _int_at_least(
     cfg: Any, key: str, low: int, problems: list[str], nullable=False, high: int | None = None
 ) -> None:
-    value = _get(cfg, key)
-    if nullable and value is None:
+    v = value(cfg, key, None)
+    if nullable and v is None:
         return
-    if not (_is_int(value) and low <= value <= (value if high is None else high)):
+    if not (is_int(v) and low <= v <= (v if high is None else high)):
         what = f"null or an integer >= {low}" if nullable else f"an integer >= {low}"
         why = f" and <= {high:,} ({_WHY_AT_MOST[key]})" if high is not None else ""
-        problems.append(f"train.{key}: {value!r} must be {what}{why}")
+        problems.append(f"train.{key}: {v!r} must be {what}{why}")
 
 
 def _bool(cfg: Any, key: str, problems: list[str]) -> None:
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        problems.append(f"train.{key}: {value!r} must be true or false")
+    v = value(cfg, key, None)
+    if not isinstance(v, bool):
+        problems.append(f"train.{key}: {v!r} must be true or false")
 
 
 def _one_of(cfg: Any, key: str, allowed: tuple[str, ...], problems: list[str]) -> None:
-    value = _get(cfg, key)
-    if value not in allowed:
-        problems.append(f"train.{key}: {value!r} is not one of {', '.join(allowed)}")
+    v = value(cfg, key, None)
+    if v not in allowed:
+        problems.append(f"train.{key}: {v!r} is not one of {', '.join(allowed)}")
 
 
 def init_embedding_problem(value: Any) -> str | None:
@@ -106,33 +84,45 @@ def init_embedding_problem(value: Any) -> str | None:
     return None
 
 
+def group_mode(train_cfg: Any) -> str:
+    """The mode of the selected ``train`` group, told by the keys only that group adds.
+
+    ``train.mode`` names the group in the group file itself (a readable identity for results
+    and the search space's ``train`` choice); the keys decide, so that a ``train.mode`` set on
+    the command line cannot disagree with what the group configures (see ``mode_problems``).
+    """
+    keys = set(train_cfg.keys())  # counts ??? values too
+    found = [mode for mode, marker in _MARKERS.items() if marker in keys]
+    return found[0] if len(found) == 1 else "lora"
+
+
 def mode_problems(train_cfg: Any, data_cfg: Any) -> list[str]:
     """Every problem of the mode selection and of the selected mode's keys."""
-    mode = _get(train_cfg, "mode")
+    mode = value(train_cfg, "mode", None)
     if mode not in MODES:
         return [f"train.mode: {mode!r} is not one of {', '.join(MODES)}"]
     problems: list[str] = []
-    for other, marker in _MARKERS.items():
-        has_keys = marker in train_cfg.keys()  # noqa: SIM118 (counts ??? values too)
-        if other == mode and not has_keys:
-            return [
-                f"train.mode: {mode!r} is set on a train group without its keys (no "
-                f"train.{marker}); select the group instead: `train={mode}` (it sets train.mode "
-                f"and adds the mode's keys), not `train.mode={mode}`"
-            ]
-        if other != mode and has_keys:
-            return [
-                f"train.mode: {mode!r} is set on the {other} train group; select the group "
-                f"instead: `train={mode}`"
-            ]
-    problem = init_embedding_problem(_get(train_cfg, "init_embedding"))
+    selected = group_mode(train_cfg)
+    if selected != mode and selected != "lora":
+        return [
+            f"train.mode: {mode!r} is set on the {selected} train group; select the group "
+            f"instead: `train={mode}`"
+        ]
+    if selected != mode:
+        marker = _MARKERS[mode]
+        return [
+            f"train.mode: {mode!r} is set on a train group without its keys (no "
+            f"train.{marker}); select the group instead: `train={mode}` (it sets train.mode "
+            f"and adds the mode's keys), not `train.mode={mode}`"
+        ]
+    problem = init_embedding_problem(value(train_cfg, "init_embedding", None))
     if problem:
         problems.append(problem)
     if mode == "lora":
         return problems
-    if _get(train_cfg, "scale_weight_norms") is not None:
+    if value(train_cfg, "scale_weight_norms", None) is not None:
         problems.append(
-            f"train.scale_weight_norms: {_get(train_cfg, 'scale_weight_norms')!r} applies to "
+            f"train.scale_weight_norms: {value(train_cfg, 'scale_weight_norms')!r} applies to "
             f"adapters only; it must be null for train.mode={mode}"
         )
     _positive_or_null(train_cfg, "learning_rate", problems)
@@ -152,14 +142,14 @@ def _dreambooth_problems(t: Any, data_cfg: Any) -> list[str]:
     _int_at_least(t, "class_sample_steps", 1, problems, high=MAX_SAMPLE_STEPS)
     for key in ("save_lora_dim", "save_lora_conv_dim"):
         _int_at_least(t, key, 1, problems, nullable=True)
-    scale = _get(t, "class_guidance_scale")
-    if not (_is_number(scale) and scale >= 0):
+    scale = value(t, "class_guidance_scale", None)
+    if not (is_number(scale) and scale >= 0):
         problems.append(f"train.class_guidance_scale: {scale!r} must be a number >= 0")
-    quantile = _get(t, "lora_clamp_quantile")
-    if not (_is_number(quantile) and 0 < quantile <= 1):
+    quantile = value(t, "lora_clamp_quantile", None)
+    if not (is_number(quantile) and 0 < quantile <= 1):
         problems.append(f"train.lora_clamp_quantile: {quantile!r} must be in (0, 1]")
-    if _get(t, "prior_preservation") is True:
-        prompt = _get(t, "class_prompt")
+    if value(t, "prior_preservation", None) is True:
+        prompt = value(t, "class_prompt", None)
         if not isinstance(prompt, str) or not prompt.strip():
             problems.append(
                 f"train.class_prompt: {prompt!r}; train.prior_preservation needs the class "
@@ -171,7 +161,7 @@ def _dreambooth_problems(t: Any, data_cfg: Any) -> list[str]:
                 f"train.class_prompt: {prompt!r} names the class folder "
                 "<data.reg_dir>/1_<class_prompt>/ and must not contain '/', '\\' or NUL"
             )
-        if _get(data_cfg, "reg_dir") in (None, ""):
+        if value(data_cfg, "reg_dir", None) in (None, ""):
             problems.append(
                 "data.reg_dir: null, but train.prior_preservation needs a folder for the class "
                 "images (created when missing, e.g. data.reg_dir=reg/dog)"
@@ -181,7 +171,7 @@ def _dreambooth_problems(t: Any, data_cfg: Any) -> list[str]:
 
 def _textual_inversion_problems(t: Any) -> list[str]:
     problems: list[str] = []
-    tokens = _get(t, "tokens")
+    tokens = value(t, "tokens", None)
     if isinstance(tokens, str) or not hasattr(tokens, "__len__") or len(tokens) == 0:
         problems.append(f"train.tokens: {tokens!r} must be a non-empty list such as ['<penny>']")
     else:
@@ -195,8 +185,8 @@ def _textual_inversion_problems(t: Any) -> list[str]:
                 problems.append(f"train.tokens: {token!r} must not contain spaces or commas")
         if len(set(tokens)) != len(tokens):
             problems.append(f"train.tokens: {list(tokens)!r} has duplicates")
-    init_word = _get(t, "init_word")
-    if _get(t, "init_embedding") is None and not (
+    init_word = value(t, "init_word", None)
+    if value(t, "init_embedding", None) is None and not (
         isinstance(init_word, str) and init_word.strip()
     ):
         problems.append(
@@ -234,7 +224,7 @@ class DreamBoothSettings:
     @classmethod
     def from_config(cls, train_cfg: Any, data_cfg: Any) -> DreamBoothSettings:
         _check(train_cfg, data_cfg)
-        return cls(**{k: _get(train_cfg, k) for k in cls.__dataclass_fields__})
+        return cls(**{k: value(train_cfg, k, None) for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -250,6 +240,6 @@ class TextualInversionSettings:
     @classmethod
     def from_config(cls, train_cfg: Any, data_cfg: Any) -> TextualInversionSettings:
         _check(train_cfg, data_cfg)
-        values = {k: _get(train_cfg, k) for k in cls.__dataclass_fields__}
+        values = {k: value(train_cfg, k, None) for k in cls.__dataclass_fields__}
         values["tokens"] = tuple(values["tokens"])
         return cls(**values)

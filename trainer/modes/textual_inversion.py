@@ -1,4 +1,4 @@
-"""``train.mode=textual_inversion`` (``train=textual_inversion``): learn new token embeddings.
+"""``train=textual_inversion``: learn new token embeddings.
 
 Each placeholder in ``train.tokens`` becomes ``num_vectors_per_token`` new tokens whose rows
 start from ``train.init_word``'s embedding (or from ``train.init_embedding`` to continue a
@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
 
 from trainer.errors import ConfigError
 from trainer.loop.callbacks import TrainingCallback
@@ -35,37 +35,33 @@ log = logging.getLogger(__name__)
 
 
 def train_textual_inversion(
-    cfg: DictConfig, callbacks: Iterable[TrainingCallback] = (), components=None
+    run: common.Run, callbacks: Iterable[TrainingCallback] = ()
 ) -> TrainResult:
-    """Learn the embedding(s) of ``cfg.train.tokens`` on the data of ``cfg``; save them."""
-    s, ctx, components = common.start_run(cfg, TextualInversionSettings.from_config, components)
+    """Learn the embedding(s) of ``train.tokens`` on the run's data; save them per epoch."""
+    s, spec, components = run.spec.mode, run.spec, run.components
     added = _add_tokens(components, s)
-    if cfg.data.reg_dir:
+    if spec.data.reg_dir:
         log.info("data.reg_dir is not used: textual inversion changes no model weight")
-    data = PlaceholderCaptions(
-        common.build_data(cfg, ctx, components, None), added, s.caption_placeholder
-    )
-    lr = s.learning_rate
-    opt_cfg = common.optimizer_view(cfg.optimizer, lr, lr)
+    data = PlaceholderCaptions(common.build_data(run, None), added, s.caption_placeholder)
+    opt = common.optimizer_view(spec.optimizer, s.learning_rate, s.learning_rate)
+    torch.manual_seed(spec.train.seed)
+    optimizer = common.make_optimizer(run, opt, ([], added.parameters()))
     suffix = f".{s.embedding_format}"
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
-        stem = common.epoch_stem(cfg.run_name, epoch, is_last)
-        meta = common.base_metadata(cfg, "textual_inversion", epoch, step)
+        stem = common.epoch_stem(spec.run_name, epoch, is_last)
+        meta = common.base_metadata(run, "textual_inversion", epoch, step)
         paths = []
         for k, (token, vectors) in enumerate(added.vectors().items()):
             name = stem if k == 0 else f"{stem}.{k}"
             paths.append(
-                save_embedding(ctx.output_dir / f"{name}{suffix}", vectors, token, step, meta)
+                save_embedding(run.output_dir / f"{name}{suffix}", vectors, token, step, meta)
             )
         log.info("saved epoch %d (step %d): %s", epoch, step, ", ".join(map(str, paths)))
         return paths[0]
 
     try:
-        result = common.train_loop(
-            cfg, ctx, components, data, opt_cfg, ([], added.parameters()), True, save_epoch,
-            callbacks,
-        )  # fmt: skip
+        result = common.train_loop(run, data, optimizer, opt, True, save_epoch, callbacks)
     finally:
         added.bake()
         components.text_encoder.eval()

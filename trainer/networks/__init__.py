@@ -1,7 +1,5 @@
-"""LoRA adapters (kohya LierLa / C3Lier on peft) and kohya's file format."""
+"""Adapter networks (kohya LierLa / C3Lier on peft, LyCORIS) and kohya's file format.
 
-from trainer.networks.kohya_format import read_lora, save_lora
-from trainer.networks.lora import LoraNetwork, apply_lora
-from trainer.networks.metadata import kohya_metadata
-
-__all__ = ["LoraNetwork", "apply_lora", "kohya_metadata", "read_lora", "save_lora"]
+Nothing is imported here, so that reading a network config (``trainer.settings.network``) does
+not load torch; import the modules themselves (``trainer.networks.factory``).
+"""

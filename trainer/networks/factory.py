@@ -19,13 +19,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from trainer.errors import ConfigError
-from trainer.networks.compat import target_problems
-from trainer.networks.detect import NETWORK_TYPES
-from trainer.networks.lora import NETWORK_TYPES as LORA_TYPES
-from trainer.networks.lora import apply_lora
-from trainer.networks.lora import network_config_problems as lora_config_problems
-from trainer.networks.lycoris_config import LYCORIS_TYPES, lycoris_config_problems
+from trainer.settings.network import (
+    LORA_TYPES,
+    NETWORK_TYPES,
+    LoraSpec,
+    LycorisSpec,
+    NetworkSpec,
+    network_config_problems,
+    read_network,
+)
 
 __all__ = ["NETWORK_TYPES", "AdapterNetwork", "build_network", "network_config_problems"]
 
@@ -46,35 +48,20 @@ class AdapterNetwork(Protocol):
     def kohya_info(self) -> dict[str, Any]: ...
 
 
-def _type_of(network_cfg: Any) -> Any:
-    if isinstance(network_cfg, Mapping):
-        return network_cfg.get("type")
-    return getattr(network_cfg, "type", None)
-
-
-def network_config_problems(network_cfg: Any) -> list[str]:
-    """Every problem of ``network_cfg`` as messages (empty when valid), for up-front checks."""
-    net_type = _type_of(network_cfg)
-    if net_type in LORA_TYPES:
-        return lora_config_problems(network_cfg) + target_problems(network_cfg)
-    if net_type in LYCORIS_TYPES:
-        return lycoris_config_problems(network_cfg) + target_problems(network_cfg)
-    return [f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}"]
-
-
 def build_network(
-    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+    unet: nn.Module, text_encoder: nn.Module, network: NetworkSpec | Any, family=None
 ) -> AdapterNetwork:
-    """Freeze the base model and add the adapters of ``network.type`` to it.
+    """Freeze the base model and add the adapters of the spec's type. ``network``: the run's
+    typed spec, or a ``network`` group (read by ``trainer.settings.network.read_network``).
 
     ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) chooses which layers are
     adapted and their kohya names (``family_of(components)`` gives a loaded model's)."""
-    net_type = _type_of(network_cfg)
-    if net_type in LORA_TYPES:
-        return apply_lora(unet, text_encoder, network_cfg, family)
-    if net_type in LYCORIS_TYPES:
-        # Imported here: lycoris-lora is only needed by the LyCORIS types.
-        from trainer.networks.lycoris_net import build_lycoris
+    spec = network if isinstance(network, LoraSpec | LycorisSpec) else read_network(network)
+    if spec.type in LORA_TYPES:
+        from trainer.networks.lora import apply_lora
 
-        return build_lycoris(unet, text_encoder, network_cfg, family)
-    raise ConfigError(network_config_problems(network_cfg))
+        return apply_lora(unet, text_encoder, spec, family)
+    # Imported here: lycoris-lora is only needed by the LyCORIS types.
+    from trainer.networks.lycoris_net import build_lycoris
+
+    return build_lycoris(unet, text_encoder, spec, family)

@@ -28,13 +28,13 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
-from trainer.errors import ConfigError, ModelLoadError
+from trainer.errors import ModelLoadError
 from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type, key_problems
+from trainer.settings.network import LoraSpec, resolve_network_config
 
 ADAPTER_NAME = "lorasweep"
-NETWORK_TYPES = ("lora", "locon")
 # Both LierLa and C3Lier are kohya's ``networks.lora``; C3Lier is switched on by conv args.
 KOHYA_NETWORK_MODULE = "networks.lora"
 
@@ -42,20 +42,6 @@ KOHYA_NETWORK_MODULE = "networks.lora"
 UNET_LINEAR_PARENTS: tuple[type[nn.Module], ...] = (Transformer2DModel,)
 UNET_CONV_PARENTS: tuple[type[nn.Module], ...] = (ResnetBlock2D, Downsample2D, Upsample2D)
 TEXT_ENCODER_PARENTS: tuple[type[nn.Module], ...] = (CLIPAttention, CLIPMLP)
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """A validated network config, with alpha 0 already resolved to the rank."""
-
-    type: str
-    dim: int
-    alpha: float
-    conv_dim: int | None
-    conv_alpha: float | None
-    dropout: float
-    train_unet: bool
-    train_text_encoder: bool
 
 
 @dataclass(frozen=True)
@@ -77,90 +63,6 @@ class AdaptedModule:
     @property
     def up(self) -> torch.Tensor:
         return self.layer.lora_B[ADAPTER_NAME].weight
-
-
-def _get(cfg: Any, key: str) -> Any:
-    if isinstance(cfg, Mapping):
-        if key not in cfg:
-            raise ConfigError(f"network.{key} is missing")
-        return cfg[key]
-    if not hasattr(cfg, key):
-        raise ConfigError(f"network.{key} is missing")
-    return getattr(cfg, key)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_rank_alpha(
-    problems: list[str], dim_key: str, dim: Any, alpha_key: str, alpha: Any
-) -> float | None:
-    """Validate one (rank, alpha) pair; return alpha with 0 meaning alpha = rank."""
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        problems.append(f"network.{dim_key} = {dim!r}; must be an integer >= 1")
-        return None
-    if not _is_number(alpha) or alpha < 0:
-        problems.append(f"network.{alpha_key} = {alpha!r}; must be a number >= 0 (0 = {dim_key})")
-        return None
-    if alpha > dim:
-        problems.append(
-            f"network.{alpha_key} = {alpha} exceeds network.{dim_key} = {dim}; alpha must be "
-            f"in [0, {dim_key}] (0 means alpha = {dim_key})"
-        )
-        return None
-    return float(dim if alpha == 0 else alpha)
-
-
-def resolve_network_config(network_cfg: Any) -> LoraSpec:
-    """Validate ``network_cfg`` (DictConfig, mapping or dataclass); list every problem at once."""
-    problems: list[str] = []
-    net_type = _get(network_cfg, "type")
-    if net_type not in NETWORK_TYPES:
-        problems.append(f"network.type = {net_type!r}; allowed: {', '.join(NETWORK_TYPES)}")
-    dim = _get(network_cfg, "dim")
-    alpha = _check_rank_alpha(problems, "dim", dim, "alpha", _get(network_cfg, "alpha"))
-    conv_dim, conv_alpha = _get(network_cfg, "conv_dim"), _get(network_cfg, "conv_alpha")
-    if net_type == "locon":
-        if conv_dim is None or conv_alpha is None:
-            problems.append(
-                f"network.type = 'locon' needs network.conv_dim and network.conv_alpha "
-                f"(got conv_dim={conv_dim!r}, conv_alpha={conv_alpha!r})"
-            )
-        else:
-            conv_alpha = _check_rank_alpha(
-                problems, "conv_dim", conv_dim, "conv_alpha", conv_alpha
-            )
-    elif conv_dim is not None or conv_alpha is not None:
-        problems.append(
-            f"network.conv_dim = {conv_dim!r} / network.conv_alpha = {conv_alpha!r} are set but "
-            f"network.type = {net_type!r} has no conv adapters: use network=locon or set both null"
-        )
-    dropout = _get(network_cfg, "dropout")
-    if not _is_number(dropout) or not 0 <= dropout < 1:
-        problems.append(f"network.dropout = {dropout!r}; must be a number in [0, 1)")
-    train_unet = _get(network_cfg, "train_unet")
-    train_te = _get(network_cfg, "train_text_encoder")
-    for key, value in (("train_unet", train_unet), ("train_text_encoder", train_te)):
-        if not isinstance(value, bool):
-            problems.append(f"network.{key} = {value!r}; must be true or false")
-    if train_unet is False and train_te is False:
-        problems.append(
-            "network.train_unet and network.train_text_encoder are both false; "
-            "at least one must be true"
-        )
-    if problems:
-        raise ConfigError(problems)
-    return LoraSpec(
-        type=net_type,
-        dim=dim,
-        alpha=alpha,
-        conv_dim=conv_dim if net_type == "locon" else None,
-        conv_alpha=conv_alpha if net_type == "locon" else None,
-        dropout=float(dropout),
-        train_unet=train_unet,
-        train_text_encoder=train_te,
-    )
 
 
 def _layer_kind(module: nn.Module) -> str | None:
@@ -247,14 +149,15 @@ def _adapt(
 
 
 def apply_lora(
-    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+    unet: nn.Module, text_encoder: nn.Module, network: LoraSpec | Any, family=None
 ) -> LoraNetwork:
     """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters.
 
     ``family`` (a ``trainer.families`` ModelFamily; default SD 1.x) chooses the target layers
-    and their kohya names."""
+    and their kohya names. ``network``: the run's typed spec, or a ``network`` group (read by
+    the same reader)."""
     family = family or get_family(DEFAULT_FAMILY)
-    spec = resolve_network_config(network_cfg)
+    spec = network if isinstance(network, LoraSpec) else resolve_network_config(network)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     modules: list[AdaptedModule] = []
@@ -387,13 +290,4 @@ def _value_problems(key: str, got: torch.Tensor, module: AdaptedModule) -> list[
     want = module.down if key.endswith(kf.DOWN_SUFFIX) else module.up
     if tuple(got.shape) != tuple(want.shape):
         return [f"{key}: shape {tuple(got.shape)} != expected {tuple(want.shape)}"]
-    return []
-
-
-def network_config_problems(network_cfg: Any) -> list[str]:
-    """Every problem of ``network_cfg`` as messages (empty when valid), for up-front checks."""
-    try:
-        resolve_network_config(network_cfg)
-    except ConfigError as exc:
-        return list(exc.problems)
     return []

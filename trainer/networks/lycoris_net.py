@@ -31,8 +31,8 @@ from torch import nn
 from trainer.errors import ModelLoadError
 from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks.detect import check_network_type, key_problems
-from trainer.networks.lycoris_config import LycorisSpec, resolve_lycoris_config
 from trainer.networks.lycoris_fixes import apply_fixes
+from trainer.settings.network import LycorisSpec, resolve_lycoris_config
 
 log = logging.getLogger(__name__)
 logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs every module at INFO
@@ -142,7 +142,7 @@ def _lycoris_network(
 
 
 def build_lycoris(
-    unet: nn.Module, text_encoder: nn.Module, network_cfg: Any, family=None
+    unet: nn.Module, text_encoder: nn.Module, network: LycorisSpec | Any, family=None
 ) -> LycorisNetwork:
     """Freeze ``unet`` and ``text_encoder`` and hook LyCORIS modules into their layers.
 
@@ -155,7 +155,7 @@ def build_lycoris(
     channel), so at step 0 the
     adapted model equals the base model.
     """
-    spec = resolve_lycoris_config(network_cfg)
+    spec = network if isinstance(network, LycorisSpec) else resolve_lycoris_config(network)
     family = family or get_family(DEFAULT_FAMILY)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)

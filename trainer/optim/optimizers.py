@@ -11,45 +11,28 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import BackendMissingError, ConfigError
+from trainer.settings.optimizer import (  # noqa: F401 (re-exported)
+    ADAFACTOR,
+    OPTIMIZERS,
+    RESERVED_ARGS,
+    OptimizerSettings,
+    OptimizerSpec,
+    canonical_name,
+    is_adaptive,
+    optimizer_args,
+    read_optimizer,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """Where one optimizer lives and how it behaves."""
-
-    module: str  # import path of the class
-    cls_name: str
-    package: str | None  # pip package to name when the import fails; None = always installed
-    d_adaptive: bool = False  # D-Adaptation family: keeps its step size estimate in group["d"]
-
-
-# Keys are kohya's optimizer_type spellings; names are matched case-insensitively.
-OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "AdamW": OptimizerSpec("torch.optim", "AdamW", None),
-    "AdamW8bit": OptimizerSpec("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
-    "Lion": OptimizerSpec("bitsandbytes.optim", "Lion", "bitsandbytes"),
-    "Lion8bit": OptimizerSpec("bitsandbytes.optim", "Lion8bit", "bitsandbytes"),
-    "SGDNesterov": OptimizerSpec("torch.optim", "SGD", None),
-    "SGDNesterov8bit": OptimizerSpec("bitsandbytes.optim", "SGD8bit", "bitsandbytes"),
-    "DAdaptAdam": OptimizerSpec("dadaptation", "DAdaptAdam", "dadaptation", d_adaptive=True),
-    "DAdaptLion": OptimizerSpec("dadaptation", "DAdaptLion", "dadaptation", d_adaptive=True),
-    "Prodigy": OptimizerSpec("prodigyopt", "Prodigy", "prodigyopt", d_adaptive=True),
-    "AdaFactor": OptimizerSpec("transformers.optimization", "Adafactor", "transformers"),
-}
-ADAFACTOR = "AdaFactor"
-# Constructor arguments the config sets elsewhere (optimizer.lr and the parameter groups).
-_RESERVED_ARGS = ("params", "lr")
 _GROUP_SUFFIX = {"unet": "unet", "text_encoder": "te"}
 
 
@@ -64,50 +47,7 @@ class OptimizerPlan:
     lr: float | None  # None when the optimizer sets its own LR (AdaFactor, relative_step)
     unet_lr: float | None
     text_encoder_lr: float | None
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a DictConfig, a mapping or a dataclass, with a default when absent."""
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def canonical_name(opt_cfg: Any) -> str:
-    """The kohya spelling of ``optimizer.name``; ConfigError listing the allowed names."""
-    raw = cfg_get(opt_cfg, "name")
-    for name in OPTIMIZERS:
-        if isinstance(raw, str) and raw.lower() == name.lower():
-            return name
-    raise ConfigError(_unknown_name_message(raw))
-
-
-def _unknown_name_message(raw: Any) -> str:
-    return f"optimizer.name: {raw!r} is not a known optimizer; allowed: {', '.join(OPTIMIZERS)}"
-
-
-def optimizer_args(opt_cfg: Any) -> dict[str, Any]:
-    """``optimizer.args`` as a plain dict; YAML lists become tuples (betas=(0.9, 0.999))."""
-    args = cfg_get(opt_cfg, "args")
-    if args is None:
-        return {}
-    if isinstance(args, DictConfig):
-        args = OmegaConf.to_container(args, resolve=True)
-    if not isinstance(args, Mapping):
-        raise ConfigError(f"optimizer.args: {args!r} must be a mapping of keyword arguments")
-    return {str(k): tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-
-
-def _relative_step(name: str, args: Mapping[str, Any]) -> bool:
-    # transformers' Adafactor defaults to relative_step=True.
-    return name == ADAFACTOR and bool(args.get("relative_step", True))
-
-
-def is_adaptive(opt_cfg: Any) -> bool:
-    """True when the optimizer finds its own step size: DAdapt*, Prodigy, AdaFactor with
-    relative_step. Their ``lr`` is a multiplier (usually 1.0) or unused, not a step size."""
-    name = canonical_name(opt_cfg)
-    return OPTIMIZERS[name].d_adaptive or _relative_step(name, optimizer_args(opt_cfg))
+    configured_lrs: Mapping[str, float | None]
 
 
 def load_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -120,75 +60,64 @@ def load_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     return getattr(module, spec.cls_name)
 
 
-def _check_lr(key: str, value: Any, allow_null: bool, problems: list[str]) -> float | None:
-    if value is None:
-        if not allow_null:
-            problems.append(f"optimizer.{key}: null is not allowed; set a number > 0")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.append(f"optimizer.{key}: {value!r} must be a number > 0")
-        return None
-    if not math.isfinite(value) or value <= 0:
-        problems.append(f"optimizer.{key}: {value} must be > 0")
-        return None
-    return float(value)
-
-
 def _accepted_args(cls: type) -> list[str] | None:
     """Keyword arguments the constructor takes besides params and lr; None if it takes **kw."""
     params = inspect.signature(cls.__init__).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name != "self" and p.name not in _RESERVED_ARGS]
+    return [p.name for p in params if p.name != "self" and p.name not in RESERVED_ARGS]
 
 
 def _check_args(name: str, cls: type, args: Mapping[str, Any], problems: list[str]) -> None:
     accepted = _accepted_args(cls)
     for key in args:
-        if key in _RESERVED_ARGS:
-            problems.append(f"optimizer.args.{key}: set by the trainer (use optimizer.lr, ...)")
-        elif accepted is not None and key not in accepted:
+        if accepted is not None and key not in accepted and key not in RESERVED_ARGS:
             problems.append(
                 f"optimizer.args.{key}: not an argument of {cls.__module__}.{cls.__name__} "
                 f"({name}); accepted: {', '.join(accepted)}"
             )
-    if name == ADAFACTOR and args.get("warmup_init") and not _relative_step(name, args):
-        problems.append("optimizer.args.warmup_init: true needs relative_step: true")
 
 
-def plan_optimizer(opt_cfg: Any) -> OptimizerPlan:
-    """Validate ``opt_cfg`` and resolve it; one ConfigError lists every problem found."""
+def plan_optimizer(opt: OptimizerSettings | Any) -> OptimizerPlan:
+    """The typed settings (or the group, read by ``read_optimizer``) with the class imported
+    and the arguments checked against its constructor; one ConfigError lists every problem
+    (the group's own and the class's)."""
     problems: list[str] = []
     try:
-        name: str | None = canonical_name(opt_cfg)
+        settings = read_optimizer(opt)
+        name, args = settings.name, settings.args
     except ConfigError as exc:
-        problems.extend(exc.problems)
-        name = None
-    args = optimizer_args(opt_cfg)
-    own_lr = name is not None and _relative_step(name, args)
-    lr = _check_lr("lr", cfg_get(opt_cfg, "lr"), own_lr, problems)
-    unet_lr = _check_lr("unet_lr", cfg_get(opt_cfg, "unet_lr"), True, problems)
-    te_lr = _check_lr("text_encoder_lr", cfg_get(opt_cfg, "text_encoder_lr"), True, problems)
-    cls = None
-    if name is not None:
-        try:
-            cls = load_optimizer_class(name)
-        except BackendMissingError:
-            if problems:  # report the config's own mistakes first
-                raise ConfigError(problems) from None
+        problems, settings = list(exc.problems), None
+        name, args = _name_and_args(opt)
+        if name is None:
             raise
-        _check_args(name, cls, args, problems)
+    try:
+        cls = load_optimizer_class(name)
+    except BackendMissingError:
+        if problems:  # report the config's own mistakes first
+            raise ConfigError(problems) from None
+        raise
+    _check_args(name, cls, args, problems)
     if problems:
         raise ConfigError(problems)
     return OptimizerPlan(
         name=name,
-        spec=OPTIMIZERS[name],
+        spec=settings.spec,
         cls=cls,
-        args=args,
-        lr=None if own_lr else lr,
-        unet_lr=None if own_lr else (unet_lr if unet_lr is not None else lr),
-        text_encoder_lr=None if own_lr else (te_lr if te_lr is not None else lr),
+        args=dict(args),
+        lr=settings.lr,
+        unet_lr=settings.unet_lr,
+        text_encoder_lr=settings.text_encoder_lr,
+        configured_lrs=settings.configured_lrs,
     )
+
+
+def _name_and_args(opt: Any) -> tuple[str | None, dict[str, Any]]:
+    """The known name and the args of a group with other problems (None when unknown)."""
+    try:
+        return canonical_name(opt), optimizer_args(opt)
+    except ConfigError:
+        return None, {}
 
 
 def _param_groups(plan: OptimizerPlan, unet_params: list, te_params: list) -> list[dict]:
@@ -213,7 +142,7 @@ def _param_groups(plan: OptimizerPlan, unet_params: list, te_params: list) -> li
 
 
 def build_optimizer(
-    opt_cfg: Any, unet_params: list, te_params: list, fused: bool = False
+    opt: OptimizerSettings | Any, unet_params: list, te_params: list, fused: bool = False
 ) -> torch.optim.Optimizer:
     """The optimizer over a "unet" and a "text_encoder" param group (an empty one is left out).
 
@@ -225,7 +154,7 @@ def build_optimizer(
     an implementation itself; other optimizers ignore it. The update is the same up to
     floating-point rounding, in one kernel launch instead of several per tensor.
     """
-    plan = plan_optimizer(opt_cfg)
+    plan = plan_optimizer(opt)
     groups = _param_groups(plan, unet_params, te_params)
     kwargs = dict(plan.args)
     if fused and _can_fuse(plan.cls, groups, kwargs):
@@ -233,8 +162,7 @@ def build_optimizer(
     if plan.lr is not None:
         kwargs["lr"] = plan.lr
     else:
-        configured = {k: cfg_get(opt_cfg, k) for k in ("lr", "unet_lr", "text_encoder_lr")}
-        set_lrs = {k: v for k, v in configured.items() if v is not None}
+        set_lrs = {k: v for k, v in plan.configured_lrs.items() if v is not None}
         if set_lrs:
             log.info(
                 "optimizer %s: %s not passed: AdaFactor with relative_step=True sets its own "
@@ -246,7 +174,7 @@ def build_optimizer(
         optimizer = plan.cls(groups, **kwargs)
     except (ValueError, NotImplementedError) as exc:  # the library's own range checks
         raise ConfigError(f"optimizer ({plan.name}, args {plan.args}): {exc}") from exc
-    log.info("optimizer: %s", describe_optimizer(opt_cfg))
+    log.info("optimizer: %s", describe_plan(plan))
     return optimizer
 
 
@@ -262,10 +190,13 @@ def _can_fuse(cls: type, groups: list[dict], kwargs: dict[str, Any]) -> bool:
     )
 
 
-def describe_optimizer(opt_cfg: Any) -> str:
+def describe_optimizer(opt: OptimizerSettings | Any) -> str:
     """kohya's ``ss_optimizer`` value: ``module.Class(arg1=v1,arg2=v2)`` (no parentheses
     without args), with the class's real module path."""
-    plan = plan_optimizer(opt_cfg)
+    return describe_plan(plan_optimizer(opt))
+
+
+def describe_plan(plan: OptimizerPlan) -> str:
     text = f"{plan.cls.__module__}.{plan.cls.__name__}"
     if plan.args:
         text += "(" + ",".join(f"{k}={v}" for k, v in plan.args.items()) + ")"
@@ -303,11 +234,11 @@ def lr_metrics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return metrics
 
 
-def optimizer_config_problems(opt_cfg: Any) -> list[str]:
-    """Every problem of ``opt_cfg`` as messages (empty when it builds), for up-front checks:
+def optimizer_config_problems(opt: OptimizerSettings | Any) -> list[str]:
+    """Every problem of ``opt`` as messages (empty when it builds), for up-front checks:
     the config's own rules, then the class's (constructed on a dummy parameter)."""
     try:
-        plan = plan_optimizer(opt_cfg)
+        plan = plan_optimizer(opt)
     except ConfigError as exc:
         return list(exc.problems)
     except BackendMissingError as exc:

@@ -1,0 +1,112 @@
+"""The ``model`` group read into :class:`ModelSettings`, without importing the model libraries
+(the loader, ``trainer.models.loading``, takes the result)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import ConfigError
+from trainer.families import DEFAULT_FAMILY, family_problems
+from trainer.settings.read import ABSENT, is_int, value
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Models built from configs, with random weights: no file, no network.
+BUILT_IN_MODELS = ("tiny", "sd15_shape")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+ACCEPTED_PATHS = (
+    "'tiny', 'sd15_shape', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a "
+    "diffusers folder containing model_index.json, or a Hugging Face hub id 'owner/name' "
+    "(online only)"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The ``model`` keys the loader reads, validated."""
+
+    path: str
+    weights_seed: int = 0
+    prediction_type: str = "epsilon"
+    clip_skip: int = 1
+    vae: str | None = None
+    single_file_config: str = "sd15"
+    # Which ``trainer.families`` implementation loads, trains and samples this model.
+    family: str = DEFAULT_FAMILY
+
+
+def _or(node: Any, key: str) -> Any:
+    """The key's value; the field's documented default (conf/model/*.yaml) when the node is a
+    partial mapping (an evaluation checkpoint's overrides) and leaves it out."""
+    got = value(node, key)
+    return ModelSettings.__dataclass_fields__[key].default if got is ABSENT else got
+
+
+def read_model_settings(model_cfg: Any) -> ModelSettings:
+    """Read and check the keys of ``model_cfg`` (a DictConfig, dict or object)."""
+    problems = []
+    family = _or(model_cfg, "family")
+    problems += family_problems(family)
+    path = value(model_cfg, "path", None)
+    if path in (None, "", "???"):
+        problems.append(f"model.path is required; accepted: {ACCEPTED_PATHS}")
+    prediction_type = _or(model_cfg, "prediction_type")
+    if prediction_type not in PREDICTION_TYPES:
+        problems.append(
+            f"model.prediction_type: {prediction_type!r} is not allowed; "
+            f"allowed: {', '.join(PREDICTION_TYPES)}"
+        )
+    clip_skip = _or(model_cfg, "clip_skip")
+    if not is_int(clip_skip) or clip_skip < 1:
+        problems.append(f"model.clip_skip: {clip_skip!r} is not allowed; allowed: an int >= 1")
+    seed = _or(model_cfg, "weights_seed")
+    if not is_int(seed):
+        problems.append(f"model.weights_seed: {seed!r} is not allowed; allowed: an int")
+    if problems:
+        raise ConfigError(problems)
+    return ModelSettings(
+        path=str(path),
+        family=family,
+        weights_seed=seed,
+        prediction_type=prediction_type,
+        clip_skip=clip_skip,
+        vae=value(model_cfg, "vae", None) or None,
+        single_file_config=str(value(model_cfg, "single_file_config", None) or "sd15"),
+    )
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why ``model.path`` cannot be loaded, or None. Hub ids are accepted as given."""
+    if path in BUILT_IN_MODELS:
+        return None
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in MODEL_SUFFIXES:
+            return f"model.path: {path!r} is not a model file ({', '.join(MODEL_SUFFIXES)})"
+        return None
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            return f"model.path: folder {path!r} has no model_index.json (not a diffusers folder)"
+        return None
+    if _HUB_ID.match(path) and not p.suffix:
+        return None
+    return (
+        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', a "
+        ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
+    )
+
+
+def model_problems(model_cfg: Any) -> list[str]:
+    """The loader's own reading of the ``model`` keys, plus whether the path exists."""
+    problems = []
+    problem = model_path_problem(str(value(model_cfg, "path", None)))
+    if problem:
+        problems.append(problem)
+    try:
+        read_model_settings(model_cfg)
+    except ConfigError as err:
+        problems += [p for p in err.problems if not p.startswith("model.path")]
+    return problems
