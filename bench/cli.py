@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.report import DEFAULT_RESULTS, append_block, command_line
+from trainer.logs import setup_logging
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     with _quiet_libraries():
         return _run(args, argv)
 

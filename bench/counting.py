@@ -2,8 +2,10 @@
 
 VAE encodes are counted at the source, a global forward hook on every VAE ``Encoder`` module
 (the latent cache, the validation loss and anything else that encodes pixels all go through
-one), in images. Base-model loads are ``evaluators.model_cache.LOAD_COUNTS`` plus calls of
-``trainer.models.loading.load_model`` made by the trainer itself.
+one), in images. The evaluation's base-model loads are the calls of
+``trainer.models.loading.load_model`` inside the block: an evaluation's
+:class:`~evaluators.model_cache.ModelPool` looks the function up at each load, while the trainer
+(``trainer.run``, imported here first) holds its own reference, counted apart.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.autoencoders.vae import Encoder
 
-from evaluators import model_cache
+import trainer.models.loading as loading
+import trainer.run  # noqa: F401 - binds the trainer's load_model before any wrapping here
 
 
 @dataclass
@@ -28,15 +31,20 @@ class Counts:
 def counting() -> Iterator[Counts]:
     """Count VAE-encoded images and evaluation base-model loads inside the ``with`` block."""
     counts = Counts()
-    loads_before = sum(model_cache.LOAD_COUNTS.values())
+    original = loading.load_model
+
+    def counted_load(*args, **kwargs):
+        counts.eval_base_loads += 1
+        return original(*args, **kwargs)
 
     def hook(module, args, output):
         if isinstance(module, Encoder) and args and isinstance(args[0], torch.Tensor):
             counts.vae_encoded_images += int(args[0].shape[0])
 
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    loading.load_model = counted_load
     try:
         yield counts
     finally:
+        loading.load_model = original
         handle.remove()
-        counts.eval_base_loads = sum(model_cache.LOAD_COUNTS.values()) - loads_before

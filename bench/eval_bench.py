@@ -113,10 +113,12 @@ class _BeforeEval(TrainingCallback):
         self.phases.edge("grid start")
         self.phases.start_counting("grid")
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+    def on_epoch_end(self, record) -> None:  # listed before the evaluation: runs before it
+        if record.path is None:
+            return
         self.phases.stop_counting()
-        self.phases.edge(f"saved {epoch}")
-        self.phases.start_counting(f"eval {epoch}")
+        self.phases.edge(f"saved {record.epoch}")
+        self.phases.start_counting(f"eval {record.epoch}")
 
 
 class _AfterEval(TrainingCallback):
@@ -124,13 +126,15 @@ class _AfterEval(TrainingCallback):
         self.phases = phases
         self.last_path: Path | None = None
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
+    def on_epoch_scored(self, record) -> None:  # after every on_epoch_end: the evaluation's
+        if record.path is None:
+            return
         self.phases.stop_counting()
-        self.phases.edge(f"evaluated {epoch}")
-        self.phases.start_counting(f"train {epoch + 1}")
-        self.last_path = Path(path)
+        self.phases.edge(f"evaluated {record.epoch}")
+        self.phases.start_counting(f"train {record.epoch + 1}")
+        self.last_path = Path(record.path)
 
-    def on_train_end(self, result) -> None:
+    def on_train_scored(self, result) -> None:
         self.phases.stop_counting()
         self.phases.edge("grid end")
 

@@ -13,7 +13,7 @@ It runs in the trial's own process and appends one JSON line per phase to ``path
 Trials of one sweeper process run one after the other, so a ``setup`` line starts a trial.
 
 Each line has the VAE-encoded images, the evaluation's base-model loads
-(``evaluators.model_cache.LOAD_COUNTS``) and the trainer's base-model loads (calls of
+(``bench.counting``) and the trainer's base-model loads (calls of
 ``trainer.run.load_model``, counted by wrapping it while the trial runs: measurement only).
 """
 
@@ -73,8 +73,10 @@ class CountingCallback(TrainingCallback):
     def on_train_start(self, info: dict) -> None:
         self._flush("epoch 1")
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        self._flush(f"epoch {epoch + 1}")
+    def on_epoch_end(self, record) -> None:
+        # Before the evaluation's on_epoch_end when listed before it (configured callbacks are).
+        if record.path is not None:
+            self._flush(f"epoch {record.epoch + 1}")
 
     def on_train_end(self, result) -> None:
         # What ran since the last save: that epoch's evaluation (the callbacks after this

@@ -2,21 +2,25 @@
 
     from evaluators.callback import EvaluationCallback
     evaluation = EvaluationCallback(cfg)                 # cfg: the whole composed run config
-    train_from_config(cfg, callbacks=[evaluation, reporter])
-    evaluation.results[4]["eval/objective"]             # epoch -> flat metrics
+    result = train_from_config(cfg, callbacks=[evaluation, reporter])
+    result.scores.get(4)["eval/objective"]              # epoch -> flat metrics, all callbacks'
+    evaluation.results[4]                                # the evaluation's own metrics
     evaluation.best_epoch                               # epoch with the highest objective
 
-Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None)``.
+Constructor: ``EvaluationCallback(cfg, output_dir=None, harness=None, pool=None)``.
 ``cfg`` is the composed run config (groups ``eval``, ``model``, ``data``, ``paths``);
 ``output_dir`` receives grids and metrics files (default: ``eval.output_dir``, else
 ``<paths.output_dir>/eval``); ``harness`` reuses an :class:`~evaluators.harness.Harness`
-(default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now).
+(default: one built from ``cfg``, which checks the ``eval`` group and the checkpoints now, with
+its models from ``pool``, a :class:`~evaluators.model_cache.ModelPool` the caller keeps across
+runs, or a new one).
 
-It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one, inside
-``on_epoch_saved``; ``every_n_epochs: auto`` picks, when training starts, the smallest N that
-keeps the estimated evaluation cost at most ``eval.max_overhead`` of the training cost
-(:mod:`evaluators.cadence`), so a callback placed after it in the list (a pruning reporter) reads
-``results[epoch][metric]`` for the epoch it is told about.
+It evaluates every ``eval.every_n_epochs``-th saved epoch and always the last one
+(``record.is_last``), in ``on_epoch_end``, and adds the metrics to the run's scores
+(``record.scores``) where the callbacks that read them (tracking, the pruning reporter) find
+them in ``on_epoch_scored``, wherever they sit in the list. ``every_n_epochs: auto`` picks,
+when training starts, the smallest N that keeps the estimated evaluation cost at most
+``eval.max_overhead`` of the training cost (:mod:`evaluators.cadence`).
 
 The strength grid (``eval.strengths`` and the UNet x TE pairs) costs one generation per pair;
 ``eval.grid_epochs`` says which epochs get it: ``all`` (every evaluated epoch: the guide's
@@ -24,7 +28,7 @@ epoch x strength grid), ``last``, ``best`` (the default: when training ends, the
 highest objective; not for a pruned run) or ``none``. Other epochs are scored at strength 1.0
 only, where the objective is read, so a pruner and the choice of epoch see the same numbers
 either way; the grid reads over/under-training and the UNet/TE balance of the epoch a user
-would keep. ``results[epoch]`` then gains the grid's metrics. ``evaluations[epoch]`` keeps the
+would keep. The epoch's scores then gain the grid's metrics. ``evaluations[epoch]`` keeps the
 full :class:`~evaluators.results.EpochEvaluation` (images, per-cell scores, diagnosis) and
 ``files[epoch]`` the paths written for it, for tracking to log.
 """
@@ -36,9 +40,10 @@ from pathlib import Path
 
 from evaluators.cadence import auto_every_n_epochs, evaluation_units, overhead
 from evaluators.harness import Harness
+from evaluators.model_cache import ModelPool
 from evaluators.outputs import EpochStrengthGrids, write_metrics, write_unet_te_grids
 from evaluators.results import EpochEvaluation
-from trainer.loop.callbacks import TrainingCallback
+from trainer.loop.callbacks import TrainingCallback, best_epoch
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +60,38 @@ def default_output_dir(cfg) -> Path | None:
 class EvaluationCallback(TrainingCallback):
     """Scores saved epochs; ``results[epoch]`` is the flat metric dict of that epoch."""
 
-    def __init__(self, cfg, output_dir: str | Path | None = None, harness: Harness | None = None):
+    def __init__(
+        self,
+        cfg,
+        output_dir: str | Path | None = None,
+        harness: Harness | None = None,
+        pool: ModelPool | None = None,
+    ):
         self.cfg = cfg
-        self.harness = harness or Harness.from_config(cfg)
+        self.harness = harness or Harness.from_config(cfg, pool)
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
         # "auto" until on_train_start, which knows the epoch's size and sets an int.
         self.every_n_epochs: int | str = self.harness.settings.every_n_epochs
-        self.results: dict[int, dict[str, float]] = {}
         self.evaluations: dict[int, EpochEvaluation] = {}
         self.files: dict[int, dict[str, Path]] = {}
-        self.best_epoch: int | None = None
-        self._last_epoch: int | None = None
-        self._last_saved: tuple[int, Path] | None = None
         self._grids = EpochStrengthGrids(list(self.harness.settings.strengths))
 
     @property
+    def results(self) -> dict[int, dict[str, float]]:
+        """epoch -> the evaluation's flat metrics of each evaluated epoch."""
+        return {epoch: e.metrics for epoch, e in sorted(self.evaluations.items())}
+
+    @property
+    def best_epoch(self) -> int | None:
+        best = best_epoch(self.results, "eval/objective", "maximize")
+        return best[0] if best else None
+
+    @property
     def best_objective(self) -> float | None:
-        if self.best_epoch is None:
-            return None
-        return self.results[self.best_epoch]["eval/objective"]
+        best = best_epoch(self.results, "eval/objective", "maximize")
+        return best[1] if best else None
 
     def on_train_start(self, info: dict) -> None:
-        self._last_epoch = info.get("epochs")
         if self.every_n_epochs == "auto":
             self.every_n_epochs = self._auto_cadence(info)
 
@@ -108,30 +123,28 @@ class EvaluationCallback(TrainingCallback):
         )
         return n
 
-    def _is_last(self, epoch: int, path: Path) -> bool:
-        if self._last_epoch is not None and epoch >= self._last_epoch:
-            return True
-        # The trainer names the final file <run_name>.safetensors, earlier ones -NNNNNN.
-        return path.stem == str(self.cfg.get("run_name", ""))
-
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        self._last_saved = (epoch, Path(path))
-        last = self._is_last(epoch, Path(path))
-        if epoch % self.every_n_epochs == 0 or last:
+    def on_epoch_end(self, record) -> None:
+        if record.path is None:
+            return
+        if record.epoch % self.every_n_epochs == 0 or record.is_last:
             policy = self.harness.settings.grid_epochs
-            self.evaluate(epoch, Path(path), grid=policy == "all" or (policy == "last" and last))
+            grid = policy == "all" or (policy == "last" and record.is_last)
+            record.scores.add(record.epoch, self.evaluate(record.epoch, record.path, grid=grid))
 
     def on_train_end(self, result) -> None:
-        # Training may stop before the planned last epoch (max_train_steps); evaluate the
-        # final file if the cadence skipped it.
+        # A callback may stop training at an epoch the cadence skipped: its file is the one a
+        # user keeps, so it is evaluated now.
         policy = self.harness.settings.grid_epochs
-        if self._last_saved and self._last_saved[0] not in self.results:
-            self.evaluate(*self._last_saved, grid=policy in ("all", "last"))
-        if policy == "best" and self.best_epoch is not None:
-            if getattr(result, "pruned", False):
-                log.info("pruned run: no strength grid for epoch %d", self.best_epoch)
+        if result.saved and result.saved[-1].epoch not in self.evaluations:
+            last = result.saved[-1]
+            metrics = self.evaluate(last.epoch, Path(last.path), grid=policy in ("all", "last"))
+            result.scores.add(last.epoch, metrics)
+        best = self.best_epoch
+        if policy == "best" and best is not None:
+            if result.pruned:
+                log.info("pruned run: no strength grid for epoch %d", best)
             else:
-                self.add_grid(self.best_epoch)
+                result.scores.add(best, self.add_grid(best))
 
     def add_grid(self, epoch: int) -> dict[str, float]:
         """Score an evaluated epoch at the rest of the strength grid (nothing if it has it)."""
@@ -150,10 +163,6 @@ class EvaluationCallback(TrainingCallback):
 
     def _record(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
         self.evaluations[epoch] = evaluation
-        self.results[epoch] = evaluation.metrics
-        best = self.best_objective
-        if best is None or evaluation.objective > best:
-            self.best_epoch = epoch
         self.files[epoch] = self._write(evaluation)
         evaluation.files = self.files[epoch]
         for note in evaluation.diagnosis.notes:

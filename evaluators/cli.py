@@ -16,7 +16,6 @@ checkpoints, more steps) is what this command is for, so it needs no extra flag.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from trainer.atomic_write import write_text
 from trainer.errors import LorasweepError
+from trainer.logs import setup_logging
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COLUMNS = (
@@ -97,10 +97,13 @@ def format_table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
     )
 
 
-def run(argv: Sequence[str]) -> list:
-    """Evaluate the files named in ``argv``; returns the ``EpochEvaluation`` of each."""
+def run(argv: Sequence[str], pool=None) -> list:
+    """Evaluate the files named in ``argv``; returns the ``EpochEvaluation`` of each.
+    ``pool``: the :class:`~evaluators.model_cache.ModelPool` to load models into (default: a
+    new one, kept for this call: every file is scored on the same loaded models)."""
     from evaluators.callback import EvaluationCallback, default_output_dir
     from evaluators.harness import epoch_of
+    from evaluators.model_cache import ModelPool
     from trainer.errors import ModelLoadError
 
     files, overrides = split_arguments(argv)
@@ -116,7 +119,8 @@ def run(argv: Sequence[str]) -> list:
         print(
             f"{wanted} already holds an evaluation (left as it is); this one goes to {output_dir}"
         )
-    callback = EvaluationCallback(cfg, output_dir=output_dir)
+    pool = pool if pool is not None else ModelPool()
+    callback = EvaluationCallback(cfg, output_dir=output_dir, pool=pool)
     evaluations = []
     for index, path in enumerate(files):
         epoch = epoch_of(path, fallback=index + 1)
@@ -153,14 +157,14 @@ def run(argv: Sequence[str]) -> list:
     return evaluations
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(argv: Sequence[str] | None = None, pool=None) -> int:
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
     try:
-        run(argv)
+        run(argv, pool)
     except LorasweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

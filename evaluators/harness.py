@@ -1,14 +1,15 @@
 """The generation harness: score LoRA files on base checkpoints at a grid of strengths.
 
-    harness = Harness.from_config(cfg)            # eval, model, data, paths groups
+    harness = Harness.from_config(cfg, pool)      # eval, model, data, paths groups
     result = harness.evaluate("runs/x/lora-000004.safetensors")
     result.metrics["eval/objective"], result.diagnosis.notes
 
 For each test checkpoint (``eval.checkpoints``; default: the training model) the base model is
-loaded once per process (``model_cache``); the LoRA file is swapped in (``lora_swap``), and for
-every strength pair (UNet, TE) the prompts are sampled with fixed seeds and scored. The cheap
-parts (which checkpoints exist, the config) are checked when the harness is built; scoring
-models and reference images are loaded on first use.
+loaded once per :class:`~evaluators.model_cache.ModelPool` (the harness's, passed in by whoever
+keeps it across evaluations: the CLI, a sweep's process); the LoRA file is swapped in
+(``lora_swap``), and for every strength pair (UNet, TE) the prompts are sampled with fixed
+seeds and scored. The cheap parts (which checkpoints exist, the config) are checked when the
+harness is built; scoring models and reference images are loaded on first use.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from evaluators import model_cache
 from evaluators.generate import SamplingOptions, generate, make_encoder
 from evaluators.lora_swap import slot_for
+from evaluators.model_cache import ModelPool
 from evaluators.objective import diagnose, objective_terms
 from evaluators.prompts import GenerationItem, generation_items
 from evaluators.references import default_trigger, load_images
@@ -129,8 +130,11 @@ class Harness:
         model_cfg: Any,
         data_cfg: Any = None,
         cache_dir: str | Path | None = None,
+        pool: ModelPool | None = None,
     ):
         self.settings = settings
+        # Where base and scoring models come from; a harness without one has its own.
+        self.pool = pool if pool is not None else ModelPool()
         self.checkpoints = resolve_checkpoints(settings, model_cfg)
         model, data = _plain(model_cfg), _plain(data_cfg)
         resolution = int(model.get("resolution") or 512)
@@ -144,13 +148,14 @@ class Harness:
         self._items: list[GenerationItem] | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Harness:
+    def from_config(cls, cfg: Any, pool: ModelPool | None = None) -> Harness:
         """From a composed run config (groups ``eval``, ``model``, ``data``, ``paths``)."""
         return cls(
             read_eval_settings(cfg.eval),
             cfg.model,
             cfg.get("data"),
             cfg.paths.cache_dir if "paths" in cfg else None,
+            pool,
         )
 
     # --- lazily prepared parts -----------------------------------------------------------
@@ -201,7 +206,7 @@ class Harness:
                     default_caption=caption,
                     key="eval.val_dir",
                 )
-            self._scorers = build_scorers(s, refs, val, self.size, self.device)
+            self._scorers = build_scorers(s, refs, val, self.size, self.device, self.pool)
         return self._scorers
 
     @property
@@ -224,9 +229,7 @@ class Harness:
         )
 
     def base_model(self, checkpoint: Checkpoint):
-        return model_cache.get_base_model(
-            checkpoint.model_cfg, self.cache_dir, self.device, self.dtype
-        )
+        return self.pool.base_model(checkpoint.model_cfg, self.cache_dir, self.device, self.dtype)
 
     def generate(
         self, lora_path: str | Path | None, unet: float, te: float, checkpoint: int = 0

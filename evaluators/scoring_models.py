@@ -9,7 +9,8 @@
   evaluation flags every number computed with it (``eval/random_weights = 1``).
 
 Image preprocessing uses transformers' PIL image processors (torchvision has no CPU build
-here). Models are loaded once per process and kept.
+here). Each call loads anew: an evaluation asks its :class:`~evaluators.model_cache.ModelPool`,
+which loads each model once and keeps it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 TINY = "tiny"
 _TINY_IMAGE = 32
 _TINY_SEED = 0
-_CACHE: dict[tuple[str, str, str], Any] = {}
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EnvironmentError)
 
 
@@ -203,28 +203,22 @@ def _load_dino(value: str) -> DinoBundle:
     return DinoBundle(model, processor, value, random_weights=False)
 
 
-def _cached(kind: str, value: str, device: torch.device, build) -> Any:
-    key = (kind, value, str(device))
-    if key not in _CACHE:
-        bundle = build(value)
-        bundle.model.requires_grad_(False)
-        bundle.model.to(device).eval()
-        if bundle.random_weights:
-            log.warning(
-                "eval: %s model %r has RANDOM weights; its scores mean nothing", kind, value
-            )
-        _CACHE[key] = bundle
-    return _CACHE[key]
+def _ready(kind: str, value: str, bundle: Any, device: torch.device) -> Any:
+    bundle.model.requires_grad_(False)
+    bundle.model.to(device).eval()
+    if bundle.random_weights:
+        log.warning("eval: %s model %r has RANDOM weights; its scores mean nothing", kind, value)
+    return bundle
 
 
 def load_clip(value: str, device: torch.device | str = "cpu") -> ClipBundle:
-    """The CLIP model for CLIP-I / CLIP-T (cached per process)."""
-    return _cached("clip", str(value), torch.device(device), _load_clip)
+    """The CLIP model for CLIP-I / CLIP-T, frozen, in eval mode on ``device``."""
+    return _ready("clip", str(value), _load_clip(str(value)), torch.device(device))
 
 
 def load_dino(value: str, device: torch.device | str = "cpu") -> DinoBundle:
-    """The ViT for DINO scores: its CLS token embedding (cached per process)."""
-    return _cached("dino", str(value), torch.device(device), _load_dino)
+    """The ViT for DINO scores (its CLS token embedding), frozen, in eval mode on ``device``."""
+    return _ready("dino", str(value), _load_dino(str(value)), torch.device(device))
 
 
 def _pixel_batches(

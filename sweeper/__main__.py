@@ -17,9 +17,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from evaluators.model_cache import ModelPool
 from trainer.errors import LorasweepError
+from trainer.logs import setup_logging
 
 log = logging.getLogger("sweeper")
+
+# The models evaluations load (bases, CLIP/DINO, validation latents), kept for this process:
+# every job it runs (one run, or a sweep's trials launched in-process) evaluates on the same
+# loaded models. Creating it imports nothing heavy.
+MODELS = ModelPool()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -34,7 +41,7 @@ def main(cfg: DictConfig):
         from sweeper.task import run_task  # the model libraries: the config is good
 
         with interruptible():
-            return run_task(cfg, spec)
+            return run_task(cfg, spec, MODELS)
     except KeyboardInterrupt as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper fails and re-queues the trial, then exits
@@ -68,5 +75,6 @@ def multirun_flag_first(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    setup_logging(None)  # Hydra configures the handlers
     sys.argv = multirun_flag_first(sys.argv)
     main()

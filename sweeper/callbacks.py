@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -24,18 +23,16 @@ class TrainingDivergedError(LorasweepError):
 
 
 class LogMetrics(TrainingCallback):
-    """Writes the training metrics to the run's log every ``every`` steps."""
-
-    def __init__(self, every: int = 10):
-        self.every = every
+    """Writes the training metrics of every step the loop reports to the run's log: every
+    ``train.log_every_n_steps``-th step and the last one (the loop's cadence; no second one)."""
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        if step % self.every == 0:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-            log.info("step %d: %s", step, shown)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        log.info("step %d: %s", step, shown)
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        log.info("epoch %d saved to %s", epoch, path)
+    def on_epoch_end(self, record) -> None:
+        if record.path is not None:
+            log.info("epoch %d saved to %s", record.epoch, record.path)
 
 
 class NonFiniteLossGuard(TrainingCallback):
@@ -52,17 +49,14 @@ class NonFiniteLossGuard(TrainingCallback):
 
 
 class EpochLoss(TrainingCallback):
-    """``results[epoch]["train/epoch_loss"]``: the loop's mean training loss over every
-    micro-batch of each saved epoch (:class:`~trainer.loop.train.EpochRecord`), in the same
-    shape as the evaluators' results so a sweep may optimise either. It does not depend on the
-    logging cadence (``train.log_every_n_steps``)."""
-
-    def __init__(self) -> None:
-        self.results: dict[int, dict[str, float]] = {}
+    """``train/epoch_loss`` of each saved epoch in the run's scores: the loop's mean training
+    loss over every micro-batch of the epoch (:class:`~trainer.loop.train.EpochRecord`), beside
+    the evaluators' numbers so a sweep may optimise either. It does not depend on the logging
+    cadence (``train.log_every_n_steps``)."""
 
     def on_epoch_end(self, record) -> None:
         if record.path is not None:
-            self.results[record.epoch] = {"train/epoch_loss": record.loss}
+            record.scores.add(record.epoch, {"train/epoch_loss": record.loss})
 
 
 def configured_callbacks(cfg: DictConfig) -> list[TrainingCallback]:

@@ -73,9 +73,6 @@ from sweeper.trial import MetricNotFoundError, worker_name
 from trainer.errors import ConfigError, LorasweepError
 
 log = logging.getLogger("sweeper")
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
-# ask/tell with a heartbeat is what this module does on purpose (it beats for its trials).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 class SweepAbortedError(LorasweepError):

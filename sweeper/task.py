@@ -10,9 +10,8 @@ objective again; it is tracked as one MLflow run and prints where the files are.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,33 +32,27 @@ from trainer.run import train_from_config
 from trainer.settings.spec import RunSpec
 from trainer.validate import validate_run
 
+if TYPE_CHECKING:
+    from evaluators.model_cache import ModelPool
+
 log = logging.getLogger(__name__)
 
 
-def run_task(cfg: DictConfig, spec: RunSpec | None = None) -> Any:
+def run_task(cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None) -> Any:
     """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss.
-    ``spec``: the run's settings, already read (``python -m sweeper`` reads them first)."""
+    ``spec``: the run's settings, already read (``python -m sweeper`` reads them first);
+    ``pool``: where the evaluation loads its models, kept by the caller across jobs (default:
+    a new one for this job)."""
     if cfg.get("optuna") is not None:
         from sweeper.trial import run_trial
 
-        return run_trial(cfg)
-    return run_single(cfg, spec)
+        return run_trial(cfg, pool)
+    return run_single(cfg, spec, pool)
 
 
-def best_epoch(
-    results: dict[int, dict[str, float]], metric: str, direction: str
-) -> tuple[int, float] | None:
-    """The epoch with the best finite ``metric`` (the earliest among equals), as a trial picks
-    its best epoch."""
-    finite = {e: r[metric] for e, r in results.items() if math.isfinite(r.get(metric, math.nan))}
-    if not finite:
-        return None
-    pick = max if direction == "maximize" else min
-    epoch = pick(sorted(finite), key=lambda e: finite[e])
-    return epoch, finite[epoch]
-
-
-def run_single(cfg: DictConfig, spec: RunSpec | None = None) -> float:
+def run_single(
+    cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None
+) -> float:
     """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
     from sweeper.tracking import MlflowCallback, single_run
 
@@ -71,11 +64,9 @@ def run_single(cfg: DictConfig, spec: RunSpec | None = None) -> float:
     else:
         spec = validate_run(cfg, extra_checks=[scoring_model_problems], spec=spec)
     with single_run(cfg) as run:
-        losses = EpochLoss()
-        sources: list = [losses]
         callbacks: list[TrainingCallback] = [
             LogMetrics(),
-            losses,
+            EpochLoss(),
             NonFiniteLossGuard(),
             *configured_callbacks(cfg),
         ]
@@ -83,16 +74,12 @@ def run_single(cfg: DictConfig, spec: RunSpec | None = None) -> float:
         if needs_evaluation(metrics):
             from evaluators.callback import EvaluationCallback
 
-            evaluation = EvaluationCallback(cfg)
+            evaluation = EvaluationCallback(cfg, pool=pool)
             callbacks.append(evaluation)
-            sources.append(evaluation)
-        callbacks.append(MlflowCallback(run, sources, evaluation))
+        callbacks.append(MlflowCallback(run, evaluation))
         result = train_from_config(cfg, callbacks=callbacks, spec=spec)
-        merged: dict[int, dict[str, float]] = {}
-        for source in sources:
-            for epoch, values in source.results.items():
-                merged.setdefault(epoch, {}).update(values)
-        best = best_epoch(merged, metrics[0], directions[0])
+        merged = result.scores.rows()
+        best = result.scores.best(metrics[0], directions[0])
         run.complete("COMPLETE", best[0] if best else None, result.saved, result.stopped_early)
     _print_run(cfg, result, merged, best, metrics)
     return result.mean_loss_last_epoch

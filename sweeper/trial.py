@@ -11,11 +11,9 @@ outcome; the sweeper tells the study (COMPLETE, PRUNED, or FAIL with the reason)
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import DictConfig
@@ -30,8 +28,11 @@ from sweeper.checks import needs_evaluation, run_problems
 from sweeper.search_config import SearchSettings, read_settings
 from sweeper.study import build_pruner, make_storage, storage_url
 from trainer.errors import LorasweepError
-from trainer.loop.callbacks import StopTraining, TrainingCallback
+from trainer.loop.callbacks import EpochScores, StopTraining, TrainingCallback, best_epoch
 from trainer.validate import validate_run
+
+if TYPE_CHECKING:
+    from evaluators.model_cache import ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -51,83 +52,77 @@ def worker_name() -> str:
 class OptunaReporter(TrainingCallback):
     """Reports each evaluated epoch's objective to the trial and prunes on the pruner's word.
 
-    ``sources`` are callbacks with ``results[epoch][metric]`` (the evaluation callback, the
-    training-loss tracker); it must come after them in the callback list. A multi-objective
-    trial is not reported (Optuna prunes single objectives only): its epochs are recorded.
+    It reads the run's scores (``record.scores``, filled by the evaluation and the training-loss
+    tracker in ``on_epoch_end``) in ``on_epoch_scored``, so its place in the callback list does
+    not matter. A multi-objective trial is not reported (Optuna prunes single objectives only):
+    its epochs are recorded.
     """
 
-    def __init__(self, trial: optuna.trial.Trial, sources: list, settings: SearchSettings):
-        self.trial, self.sources = trial, sources
+    def __init__(self, trial: optuna.trial.Trial, settings: SearchSettings):
+        self.trial = trial
         self.metrics, self.directions = settings.metrics, settings.directions
         self.single = not settings.multi_objective
         self.history: dict[int, dict[str, float]] = {}
-        self.total_epochs: int | None = None
         self.pruned_at: int | None = None
 
-    def on_train_start(self, info: dict) -> None:
-        self.total_epochs = info.get("epochs")
-
-    def _scores(self, epoch: int) -> dict[str, float] | None:
-        merged: dict[str, float] = {}
-        covered = True
-        for source in self.sources:
-            found = source.results.get(epoch)
-            covered = covered and found is not None
-            merged.update(found or {})
-        missing = [m for m in self.metrics if m not in merged]
+    def _scores(self, epoch: int, scores: EpochScores) -> dict[str, float] | None:
+        found = scores.get(epoch)
+        missing = [m for m in self.metrics if m not in found]
         if not missing:
-            return merged
-        if covered:  # every source scored this epoch, and still no such metric
+            return found
+        # A metric's namespace ("eval/", "train/") names what measures it: when that measured
+        # this epoch and still gave no such metric, the name is wrong; otherwise the epoch is
+        # one the evaluation skips (eval.every_n_epochs).
+        measured = {name.split("/", 1)[0] for name in found}
+        misnamed = [m for m in missing if m.split("/", 1)[0] in measured]
+        if misnamed:
             raise MetricNotFoundError(
-                f"search.metrics: {missing} not produced at epoch {epoch}; "
-                f"available: {sorted(merged)}"
+                f"search.metrics: {misnamed} not produced at epoch {epoch}; "
+                f"available: {sorted(found)}"
             )
-        return None  # an epoch the evaluation skips (eval.every_n_epochs)
+        return None
 
     def _record(self, epoch: int, scores: dict[str, float]) -> None:
         self.history[epoch] = {m: float(scores[m]) for m in self.metrics}
         self.trial.set_user_attr("epoch_metrics", {str(e): v for e, v in self.history.items()})
 
-    def on_train_end(self, result) -> None:
-        # The evaluation scores a last file its cadence skipped only when training ends (it
-        # runs before this callback): such an epoch still counts for the best epoch.
-        scored = set().union(*(source.results for source in self.sources))
-        for epoch in sorted(scored - set(self.history)):
-            scores = self._scores(epoch)
-            if scores is not None:
-                self._record(epoch, scores)
+    def on_train_scored(self, result) -> None:
+        # The evaluation scores a last file its cadence skipped only when training ends: such
+        # an epoch still counts for the best epoch.
+        for epoch in result.scores:
+            if epoch not in self.history:
+                scores = self._scores(epoch, result.scores)
+                if scores is not None:
+                    self._record(epoch, scores)
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        scores = self._scores(epoch)
+    def on_epoch_scored(self, record) -> None:
+        if record.path is None:
+            return
+        scores = self._scores(record.epoch, record.scores)
         if scores is None:
             return
-        self._record(epoch, scores)
+        self._record(record.epoch, scores)
         if not self.single:
             return
-        value = self.history[epoch][self.metrics[0]]
-        self.trial.report(value, epoch)
-        last = self.total_epochs is not None and epoch >= self.total_epochs
-        if not last and self.trial.should_prune():
-            self.pruned_at = epoch
+        value = self.history[record.epoch][self.metrics[0]]
+        self.trial.report(value, record.epoch)
+        if not record.is_last and self.trial.should_prune():
+            self.pruned_at = record.epoch
             raise StopTraining(
-                f"pruned at epoch {epoch}: {self.metrics[0]}={value:.5g}", pruned=True
+                f"pruned at epoch {record.epoch}: {self.metrics[0]}={value:.5g}", pruned=True
             )
 
     def outcome(self) -> dict[str, Any]:
         """The trial's values: those of its best epoch (by the first metric)."""
-        finite = {
-            e: h for e, h in self.history.items() if all(math.isfinite(v) for v in h.values())
-        }
-        if not finite:
+        best = best_epoch(self.history, self.metrics, self.directions[0])
+        if best is None:
             raise NoObjectiveError(
                 f"no evaluated epoch gave finite {list(self.metrics)}: {self.history}"
             )
-        pick = max if self.directions[0] == "maximize" else min
-        best = pick(sorted(finite), key=lambda e: finite[e][self.metrics[0]])
         return {
             "state": "PRUNED" if self.pruned_at else "COMPLETE",
-            "values": [finite[best][m] for m in self.metrics],
-            "best_epoch": best,
+            "values": [self.history[best[0]][m] for m in self.metrics],
+            "best_epoch": best[0],
             "pruned_at_epoch": self.pruned_at,
         }
 
@@ -150,7 +145,7 @@ def open_trial(cfg: DictConfig, settings: SearchSettings) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id)
 
 
-def run_trial(cfg: DictConfig) -> dict[str, Any]:
+def run_trial(cfg: DictConfig, pool: ModelPool | None = None) -> dict[str, Any]:
     """Train the trial's adapter, reporting each evaluated epoch; returns the outcome.
 
     The trial is tracked as a child of the sweep's MLflow run; a trial that raises ends its
@@ -162,20 +157,20 @@ def run_trial(cfg: DictConfig) -> dict[str, Any]:
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
     with trial_run(cfg, trial) as run:
-        return _train_trial(cfg, settings, trial, run)
+        return _train_trial(cfg, settings, trial, run, pool)
 
 
-def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[str, Any]:
+def _train_trial(
+    cfg: DictConfig, settings: SearchSettings, trial, run, pool: ModelPool | None
+) -> dict[str, Any]:
     from sweeper.tracking import MlflowCallback
     from trainer.run import train_from_config
 
     # Every problem of the trial's config at once, before any model loads.
     spec = validate_run(cfg, extra_checks=[run_problems])
-    losses = EpochLoss()
-    sources: list = [losses]
     callbacks: list[TrainingCallback] = [
         LogMetrics(),
-        losses,
+        EpochLoss(),
         NonFiniteLossGuard(),
         *configured_callbacks(cfg),
     ]
@@ -183,13 +178,10 @@ def _train_trial(cfg: DictConfig, settings: SearchSettings, trial, run) -> dict[
     if needs_evaluation(settings.metrics):
         from evaluators.callback import EvaluationCallback
 
-        evaluation = EvaluationCallback(cfg)
+        evaluation = EvaluationCallback(cfg, pool=pool)
         callbacks.append(evaluation)
-        sources.append(evaluation)
-    # Tracking logs each epoch before the reporter may stop training after it.
-    callbacks.append(MlflowCallback(run, sources, evaluation))
-    reporter = OptunaReporter(trial, sources, settings)
-    callbacks.append(reporter)
+    reporter = OptunaReporter(trial, settings)
+    callbacks += [MlflowCallback(run, evaluation), reporter]
     result = train_from_config(cfg, callbacks=callbacks, spec=spec)
     outcome = reporter.outcome()
     outcome["epochs_trained"] = result.epochs_done

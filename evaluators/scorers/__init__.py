@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from evaluators.model_cache import ModelPool
 from evaluators.references import ReferenceImage
 from evaluators.scorers.base import ScoreInputs, Scorer, mean_pairwise_cosine
 from evaluators.settings import EvalSettings
@@ -19,26 +20,25 @@ def build_scorers(
     val_images: Sequence[ReferenceImage],
     size: tuple[int, int],
     device: torch.device,
+    pool: ModelPool,
 ) -> list[Scorer]:
-    """The scorers of ``settings.metrics``, in that order, with their models loaded."""
-    from evaluators import scoring_models
-
+    """The scorers of ``settings.metrics``, in that order, with their models from ``pool``."""
     images = [r.image for r in references]
     scorers: list[Scorer] = []
     for metric in settings.metrics:
         if metric == "clip_i":
             from evaluators.scorers.clip_i import ClipImageScorer
 
-            clip = scoring_models.load_clip(settings.clip_model, device)
+            clip = pool.clip(settings.clip_model, device)
             scorers.append(ClipImageScorer(clip, images))
         elif metric == "clip_t":
             from evaluators.scorers.clip_t import ClipTextScorer
 
-            scorers.append(ClipTextScorer(scoring_models.load_clip(settings.clip_model, device)))
+            scorers.append(ClipTextScorer(pool.clip(settings.clip_model, device)))
         elif metric == "dino":
             from evaluators.scorers.dino import DinoScorer
 
-            dino = scoring_models.load_dino(settings.dino_model, device)
+            dino = pool.dino(settings.dino_model, device)
             scorers.append(DinoScorer(dino, images))
         elif metric == "face":
             from evaluators.scorers.face_identity import FaceIdentityScorer
@@ -54,6 +54,7 @@ def build_scorers(
                     settings.val_timesteps,
                     settings.val_seed,
                     size,
+                    shared_latents=pool.latents,
                 )
             )
     return scorers

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 import torch
 from PIL import Image
@@ -26,11 +26,6 @@ from trainer.data.images import to_tensor
 from trainer.errors import ConfigError
 from trainer.families import family_of
 from trainer.families.base import Conditioning
-
-# Latents of validation images, per VAE object and pixel content, shared by every scorer of the
-# process: a sweep builds a new harness (and scorer) per trial, while the images and the cached
-# base model's VAE stay the same, so only the first trial encodes them.
-_SHARED_LATENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -54,7 +49,12 @@ class ValLossScorer:
         timesteps: Sequence[int],
         seed: int,
         size: tuple[int, int],
+        shared_latents: MutableMapping | None = None,
     ):
+        """``shared_latents``: VAE -> {digest of the images: latents}, shared by the scorers of
+        one :class:`~evaluators.model_cache.ModelPool` (a sweep builds a new scorer per trial
+        while the images and the pooled base model's VAE stay the same, so only the first
+        trial encodes them); default: this scorer's own."""
         if not images or len(images) != len(captions):
             raise ValueError("validation loss needs images, one caption each")
         self.pixels = torch.stack([to_tensor(_fit(im, *size)) for im in images])
@@ -64,14 +64,15 @@ class ValLossScorer:
         self.seed = seed
         self._latents: dict[int, torch.Tensor] = {}  # id(vae) -> latents
         self._noise: dict[tuple, torch.Tensor] = {}  # latent shape -> noise per timestep
+        self._shared = weakref.WeakKeyDictionary() if shared_latents is None else shared_latents
 
     @torch.no_grad()
     def latents(self, vae) -> torch.Tensor:
         """The images' latents under ``vae`` (posterior mean, scaled), computed once per VAE
-        and process (shared with other scorers of the same images)."""
+        (shared with other scorers of the same images and pool)."""
         key = id(vae)
         if key not in self._latents:
-            shared = _SHARED_LATENTS.setdefault(vae, {})
+            shared = self._shared.setdefault(vae, {})
             if self._digest not in shared:
                 param = next(vae.parameters())
                 pixels = self.pixels.to(param.device, param.dtype)

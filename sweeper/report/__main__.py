@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import optuna
@@ -27,6 +26,7 @@ from sweeper.report.locate import (
 from sweeper.report.render import write_report
 from sweeper.tracking.runs import STUDY_ATTR_PARENT, STUDY_ATTR_URI
 from trainer.errors import LorasweepError
+from trainer.logs import setup_logging
 
 log = logging.getLogger("sweeper.report")
 
@@ -81,8 +81,7 @@ def make_report(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    setup_logging()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = parse_args(argv)
     try:

@@ -1,19 +1,24 @@
-"""The report page: one self-contained HTML file with inline CSS, plots and images as
-``data:`` URIs, no script, and a Content-Security-Policy that forbids every network fetch (a
-stray URL in user text could not load anything even if it escaped :func:`~.markup.esc`)."""
+"""The report page: one self-contained HTML file rendered with Jinja2 from the package's
+templates (``templates/``: the page, one template per section, shared macros and the CSS),
+with inline CSS, plots and images as ``data:`` URIs, no script, and a Content-Security-Policy
+that forbids every network fetch (a stray URL in user text could not load anything even if it
+escaped the autoescaping)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
 from sweeper.report import sections
+from sweeper.report.figures import fmt
 from sweeper.report.gather import ReportData
-from sweeper.report.markup import Markup, esc
 from trainer.atomic_write import write_text
 
-# (id, title, builder), in page order.
-SECTIONS: tuple[tuple[str, str, Callable[[ReportData], Markup]], ...] = (
+# (id, title, view builder), in page order; the id names the section's template.
+SECTIONS: tuple[tuple[str, str, Callable[[ReportData], dict]], ...] = (
     ("summary", "Summary", sections.summary),
     ("best-trials", "Best trials", sections.best_trials),
     ("trials", "All trials", sections.all_trials),
@@ -28,35 +33,29 @@ SECTIONS: tuple[tuple[str, str, Callable[[ReportData], Markup]], ...] = (
     ("reproduce", "Reproduce the best trial", sections.reproduce),
 )
 SECTION_IDS = tuple(s[0] for s in SECTIONS)
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;
-color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
-margin-top:2em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;
-padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f4f4f4}
-pre{background:#f6f6f6;padding:.8em;white-space:pre-wrap;word-break:break-all}
-.warn{background:#fff3cd;border-left:4px solid #e0a800;padding:.5em 1em}.note{color:#555}
-img{max-width:100%;border:1px solid #eee}img.zoom{image-rendering:pixelated}
-figure{margin:.5em 0}nav a{margin-right:.8em}
-tr.best td{background:#fdecea}ul{margin:0;padding-left:1.2em}
-"""
+
+
+@cache
+def environment() -> Environment:
+    """The templates' environment: every value autoescaped (user text: study names, prompts,
+    parameter values, paths, commands, failure reasons); an undefined name is an error."""
+    env = Environment(
+        loader=PackageLoader("sweeper.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
 
 
 def render(data: ReportData) -> str:
     """The whole page as a string."""
-    nav = " ".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
-    body = [
-        f'<section id="{sid}"><h2>{esc(title)}</h2>{build(data)}</section>'
-        for sid, title, build in SECTIONS
-    ]
+    page = [{"id": sid, "title": title, "view": build(data)} for sid, title, build in SECTIONS]
+    template = environment().get_template("report.html.j2")
     title = f"lorasweep report: {data.study_name}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><nav>{nav}</nav>{''.join(body)}</body></html>\n"
-    )
+    return template.render(title=title, sections=page) + "\n"
 
 
 def write_report(data: ReportData, out: Path) -> Path:

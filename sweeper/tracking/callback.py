@@ -2,13 +2,12 @@
 
 Per logged step: every metric the trainer reports (``train/loss``, ``train/lr_unet``,
 ``train/lr_te``, ``train/d`` for adaptive optimizers, ...) and ``train/loss_moving_avg``.
-Per saved epoch, at ``step=epoch``: the flat metrics of its ``sources`` (the evaluation's
+Per saved epoch, at ``step=epoch``: the epoch's numbers in the run's scores (the evaluation's
 ``eval/*``, the training's ``train/epoch_loss``), the evaluation's files (metrics JSON, image
 grids) and the score tables so far (``scores/epoch_scores.csv`` / ``.json``), so a trial that is
-pruned or fails keeps everything up to its stop.
-
-Place it after its sources and before any callback that may stop training (the pruning
-reporter): a callback after the one that raises ``StopTraining`` is not told of that epoch.
+pruned or fails keeps everything up to its stop. It reads the scores in ``on_epoch_scored``,
+when every callback has added its numbers, and hears every epoch even when another callback
+stops training there: its place in the callback list does not matter.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import csv
 import io
 import json
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 
 from sweeper.tracking.runs import Tracker
@@ -40,14 +38,12 @@ def score_table_csv(rows: dict[int, dict[str, float]]) -> str:
 class MlflowCallback(TrainingCallback):
     """Logs a training run to ``tracker``'s MLflow run (nothing when tracking is off).
 
-    ``sources``: callbacks with ``results[epoch] -> {metric: value}``; ``evaluation``: the
-    :class:`~evaluators.callback.EvaluationCallback`, whose ``files[epoch]`` are logged.
+    ``evaluation``: the :class:`~evaluators.callback.EvaluationCallback`, whose
+    ``files[epoch]`` are logged.
     """
 
-    def __init__(
-        self, tracker: Tracker, sources: Sequence = (), evaluation=None, window: int | None = None
-    ):
-        self.tracker, self.sources, self.evaluation = tracker, list(sources), evaluation
+    def __init__(self, tracker: Tracker, evaluation=None, window: int | None = None):
+        self.tracker, self.evaluation = tracker, evaluation
         self.every = tracker.settings.log_every_n_steps
         window = window or tracker.settings.loss_moving_avg_window
         self._losses: deque[float] = deque(maxlen=window)
@@ -66,14 +62,7 @@ class MlflowCallback(TrainingCallback):
             logged["train/loss_moving_avg"] = sum(self._losses) / len(self._losses)
         self.tracker.log_metrics(logged, step)
 
-    def _epoch_metrics(self, epoch: int) -> dict[str, float]:
-        merged: dict[str, float] = {}
-        for source in self.sources:
-            merged.update(source.results.get(epoch) or {})
-        return merged
-
-    def _log_epoch(self, epoch: int) -> None:
-        metrics = self._epoch_metrics(epoch)
+    def _log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         before = self.rows.get(epoch) or {}
         # An epoch logged again (it got its strength grid when training ended) adds only what
         # is new or changed, so no metric has two points at one step.
@@ -90,16 +79,17 @@ class MlflowCallback(TrainingCallback):
         table = {str(e): row for e, row in sorted(self.rows.items())}
         self.tracker.log_text(json.dumps(table, indent=1), "scores/epoch_scores.json")
 
-    def on_epoch_saved(self, epoch: int, path: Path) -> None:
-        if self.tracker.active:
-            self._log_epoch(epoch)
+    def on_epoch_scored(self, record) -> None:
+        if self.tracker.active and record.path is not None:
+            self._log_epoch(record.epoch, record.scores.get(record.epoch))
 
-    def on_train_end(self, result) -> None:
+    def on_train_scored(self, result) -> None:
         if not self.tracker.active:
             return
-        # An evaluation may run here (the final file when the cadence skipped it).
-        for epoch in sorted({e for s in self.sources for e in s.results}):
-            self._log_epoch(epoch)
+        # Numbers added when training ended (the final file when the cadence skipped it, the
+        # best epoch's strength grid).
+        for epoch, metrics in result.scores.rows().items():
+            self._log_epoch(epoch, metrics)
         tags = {"train.global_step": result.global_step, "train.epochs_done": result.epochs_done}
         if result.stopped_early:
             tags["lorasweep.stop_reason"] = result.stopped_early

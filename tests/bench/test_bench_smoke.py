@@ -69,19 +69,8 @@ def test_train_smoke_command_appends_ours_and_reference(tmp_path):
     assert "### train · " in proc.stdout  # printed as well as appended
 
 
-@pytest.fixture
-def fresh_model_cache():
-    """The evaluation's process-wide base-model cache, empty before and after the test."""
-    from evaluators import model_cache
-
-    model_cache.clear_cache()
-    yield
-    model_cache.clear_cache()
-
-
-def test_eval_smoke_counts_no_encodes_or_loads_after_the_first_epoch(
-    tmp_path, capsys, fresh_model_cache
-):
+def test_eval_smoke_counts_no_encodes_or_loads_after_the_first_epoch(tmp_path, capsys):
+    # The run's evaluation has its own model pool: its first epoch loads the base model.
     results = tmp_path / "RESULTS.md"
     argv = ["eval", "--smoke", "--device", "cpu", "--torch-threads", "1"]
     assert main([*argv, "--results", str(results)]) == 0

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators import model_cache
 from evaluators.generate import generate
 from evaluators.harness import Harness
 from evaluators.lora_swap import slot_for
+from evaluators.model_cache import ModelPool
 from evaluators.samplers import build_sampler
 from evaluators.settings import read_eval_settings
 from trainer.errors import ModelLoadError
+from trainer.loop.train import EpochRecord, SavedEpoch, TrainResult
 from trainer.models.ldm_format import save_single_file
 from trainer.models.tiny import build_tiny_components
 from trainer.networks import kohya_format as kf
@@ -82,13 +83,6 @@ def _pixels(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    model_cache.clear_cache()
-    yield
-    model_cache.clear_cache()
-
-
 def test_strength_zero_gives_the_base_images_exactly(tmp_path):
     lora = _lora_file(tmp_path / "a.safetensors", seed=1)
     h = _harness(tmp_path, images_per_prompt=2)
@@ -135,7 +129,7 @@ def test_hot_swapped_lora_equals_the_lora_fused_into_the_weights(tmp_path, kind)
     base = _pixels(h.generate(None, 0.0, 0.0))
     assert np.abs(reference - base).max() > 10  # the LoRA matters at 0.7
     assert np.abs(swapped - reference).max() <= 2  # uint8 rounding of float differences
-    assert model_cache.LOAD_COUNTS.total() == 1
+    assert h.pool.load_counts.total() == 1
 
 
 def test_three_epochs_three_strengths_two_checkpoints_load_each_base_once(tmp_path):
@@ -145,7 +139,7 @@ def test_three_epochs_three_strengths_two_checkpoints_load_each_base_once(tmp_pa
     files = [_lora_file(tmp_path / f"run-{e:06d}.safetensors", seed=e) for e in (1, 2, 3)]
     results = [h.evaluate(f) for f in files]
     assert [r.epoch for r in results] == [1, 2, 3]
-    assert sorted(model_cache.LOAD_COUNTS.values()) == [1, 1]
+    assert sorted(h.pool.load_counts.values()) == [1, 1]
     for r in results:
         assert set(r.checkpoints) == {"tiny", "other"}
         assert len(r.scores) == 2 * 3  # checkpoints x strengths (1.0 among them)
@@ -157,15 +151,37 @@ def test_three_epochs_three_strengths_two_checkpoints_load_each_base_once(tmp_pa
         assert {"eval/clip_i@unet0.5_te0.5", "eval/objective", "eval/best_strength"} <= set(m)
         assert m["eval/random_weights"] == 1.0 and r.random_weights
     assert results[0].metrics["eval/val_loss"] != results[1].metrics["eval/val_loss"]
-    for key in model_cache.cached_keys():  # bases are left without adapters
-        assert slot_for(model_cache._CACHE[key]).loaded is None
+    for key in h.pool.base_keys():  # bases are left without adapters
+        assert slot_for(h.pool.base(key)).loaded is None
+
+
+def test_harnesses_sharing_a_pool_load_each_model_once_and_others_load_their_own(tmp_path):
+    """A sweep's trials each build a harness on the process's pool: the second trial loads
+    nothing (base, CLIP, the validation images' latents); a harness without a pool has its own."""
+    files = [_lora_file(tmp_path / f"run-{e:06d}.safetensors", seed=e) for e in (1, 2)]
+    pool, encoded = ModelPool(), []
+    real_encode = pool.base_model(MODEL, tmp_path / "cache", torch.device("cpu")).vae.encode
+    pool.base(pool.base_keys()[0]).vae.encode = lambda x: encoded.append(len(x)) or real_encode(x)
+    first = Harness(read_eval_settings({**CHEAP, "metrics": ["clip_i", "val_loss"]}),
+                    MODEL, DATA, tmp_path / "cache", pool)  # fmt: skip
+    second = Harness(first.settings, MODEL, DATA, tmp_path / "cache", pool)
+    a, b = first.evaluate(files[0]), second.evaluate(files[1])
+    assert pool.load_counts.total() == 1 and len(encoded) == 1  # the latents: encoded once
+    assert first.scorers()[0].clip is second.scorers()[0].clip  # one CLIP model
+    assert a.metrics["eval/val_loss"] != b.metrics["eval/val_loss"]
+    alone = Harness(first.settings, MODEL, DATA, tmp_path / "cache")
+    alone.evaluate(files[0])
+    assert alone.pool is not pool and alone.pool.load_counts.total() == 1
+    assert pool.load_counts.total() == 1
+    pool.clear()
+    assert pool.base_keys() == [] and pool.load_counts.total() == 0
 
 
 def test_a_missing_lora_file_is_named_before_any_model_loads(tmp_path):
     h = _harness(tmp_path)
     with pytest.raises(ModelLoadError, match=r"LoRA file not found: .*nope\.safetensors"):
         h.evaluate(tmp_path / "nope.safetensors")
-    assert model_cache.LOAD_COUNTS.total() == 0
+    assert h.pool.load_counts.total() == 0
 
 
 def test_a_lora_whose_keys_do_not_fit_the_model_is_refused(tmp_path):
@@ -281,11 +297,6 @@ def test_every_sampler_is_reproducible_with_fixed_seeds(tmp_path):
     assert not np.array_equal(outputs["ddim"], outputs["euler_a"])
 
 
-class _Result:  # what EvaluationCallback.on_train_end reads of a TrainResult
-    def __init__(self, pruned: bool = False):
-        self.pruned = pruned
-
-
 def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
     """Three saved epochs through an EvaluationCallback; returns it and the cells scored."""
     from omegaconf import OmegaConf
@@ -305,10 +316,14 @@ def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
     cfg = OmegaConf.create({"run_name": "run", "eval": {}})
     callback = EvaluationCallback(cfg, output_dir=tmp_path / "eval", harness=h)
     callback.on_train_start({"epochs": 3})
+    result = TrainResult(pruned=pruned)
     for epoch, seed in ((1, 1), (2, 7), (3, 3)):
         path = _lora_file(tmp_path / f"run-{epoch:06d}.safetensors", seed=seed)
-        callback.on_epoch_saved(epoch, path)
-    callback.on_train_end(_Result(pruned))
+        result.saved.append(SavedEpoch(epoch, epoch, path))
+        record = EpochRecord(epoch, epoch, 1.0, 1, 1, path, epoch == 3, result.scores)
+        callback.on_epoch_end(record)
+    callback.on_train_end(result)
+    assert result.scores.rows() == callback.results  # what the evaluation measured, shared
     return callback, scored
 
 

@@ -10,6 +10,7 @@ from skimage import data
 
 from evaluators import scoring_models
 from evaluators.generate import make_encoder
+from evaluators.model_cache import ModelPool
 from evaluators.scorers import ScoreInputs
 from evaluators.scorers.clip_i import ClipImageScorer
 from evaluators.scorers.clip_t import ClipTextScorer
@@ -92,9 +93,11 @@ def test_val_loss_timesteps_must_fit_the_schedule(photos):
         scorer.score(ScoreInputs(components=c, encode=make_encoder(c, 75, 1)))
 
 
-def test_tiny_models_are_deterministic_and_cached():
-    a = scoring_models.load_clip("tiny")
-    assert scoring_models.load_clip("tiny") is a
+def test_tiny_models_are_deterministic_and_kept_by_their_pool():
+    pool = ModelPool()
+    a = pool.clip("tiny")
+    assert pool.clip("tiny") is a and pool.dino("tiny") is pool.dino("tiny")
+    assert ModelPool().clip("tiny") is not a  # another pool loads its own
     fresh = scoring_models._tiny_clip().model
     assert all(
         torch.equal(p, q) for p, q in zip(a.model.parameters(), fresh.parameters(), strict=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import trainer.loop.train as loop
+import trainer.models.text_encoding as text_encoding
 from trainer.models.loading import load_model
 from trainer.models.tiny import build_tiny_components
 from trainer.modes.embedding_files import read_embedding, save_embedding
@@ -35,13 +35,14 @@ def _te_states(pipe, prompt: str) -> torch.Tensor:
 
 def _record_captions(monkeypatch) -> list[str]:
     seen: list[str] = []
-    real = loop.tokenize_prompts
+    real = text_encoding.tokenize_prompts
 
     def recording(tokenizer, prompts, max_token_length=75):
         seen.extend(prompts)
         return real(tokenizer, prompts, max_token_length)
 
-    monkeypatch.setattr(loop, "tokenize_prompts", recording)
+    # The model family encodes prompts through text_encoding.encode_prompts, which tokenizes.
+    monkeypatch.setattr(text_encoding, "tokenize_prompts", recording)
     return seen
 
 

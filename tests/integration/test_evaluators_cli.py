@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 
-from evaluators import cli, model_cache
+from evaluators import cli
 from evaluators.callback import EvaluationCallback
+from evaluators.model_cache import ModelPool
 from trainer.loop.callbacks import TrainingCallback
 from trainer.models.ldm_format import save_single_file
 from trainer.models.tiny import build_tiny_components
@@ -54,18 +54,12 @@ def _lora_file(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    model_cache.clear_cache()
-    yield
-    model_cache.clear_cache()
-
-
 def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.mkdir()
     files = [_lora_file(runs / f"penny-{e:06d}.safetensors", seed=e) for e in (4, 8)]
     other = save_single_file(build_tiny_components(seed=3), tmp_path / "other.safetensors")
+    pool = ModelPool()
     code = cli.main(
         [
             *map(str, files),
@@ -73,7 +67,8 @@ def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_pa
             f"paths.project_dir={PROJECT}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             *CHEAP,
-        ]
+        ],
+        pool,
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -96,7 +91,7 @@ def test_cli_scores_files_on_two_checkpoints_and_writes_metrics_and_grids(tmp_pa
     ):
         with Image.open(evaldir / name) as grid:
             assert grid.width > 64 and grid.height > 64
-    assert sorted(model_cache.LOAD_COUNTS.values()) == [1, 1]
+    assert sorted(pool.load_counts.values()) == [1, 1]  # each base once for both files
 
 
 def test_cli_never_overwrites_an_evaluation_already_in_its_folder(tmp_path, capsys):
@@ -148,13 +143,14 @@ def test_cli_help_runs_as_a_module():
 
 
 class SeesResults(TrainingCallback):
-    """Placed after the evaluation callback, as the Optuna reporter is."""
+    """Reads the run's scores of each saved epoch, as the Optuna reporter does."""
 
-    def __init__(self, evaluation: EvaluationCallback):
-        self.evaluation, self.seen = evaluation, {}
+    def __init__(self):
+        self.seen = {}
 
-    def on_epoch_saved(self, epoch, path):
-        self.seen[epoch] = self.evaluation.results.get(epoch, {}).get("eval/objective")
+    def on_epoch_scored(self, record):
+        if record.path is not None:
+            self.seen[record.epoch] = record.scores.get(record.epoch).get("eval/objective")
 
 
 def test_callback_evaluates_every_nth_and_the_last_epoch_during_training(compose, tmp_path):
@@ -162,9 +158,10 @@ def test_callback_evaluates_every_nth_and_the_last_epoch_during_training(compose
         "train.max_train_epochs=3", "train.batch_size=2", "eval.every_n_epochs=2", *CHEAP
     )
     evaluation = EvaluationCallback(cfg)
-    after = SeesResults(evaluation)
-    train_from_config(cfg, callbacks=[evaluation, after])
+    after = SeesResults()
+    result = train_from_config(cfg, callbacks=[after, evaluation])  # the reader first
     assert sorted(evaluation.results) == [2, 3]
+    assert result.scores.rows() == evaluation.results
     assert after.seen[1] is None and after.seen[2] is not None and after.seen[3] is not None
     assert evaluation.best_epoch in (2, 3)
     best = max(evaluation.results.values(), key=lambda m: m["eval/objective"])

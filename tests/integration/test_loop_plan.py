@@ -31,10 +31,11 @@ class Records(TrainingCallback):
     def on_epoch_end(self, record):
         self.records.append(record)
 
-    def on_epoch_saved(self, epoch, path):
+    def on_epoch_scored(self, record):
         # Every callback has heard the epoch's record first, whatever the list's order.
-        assert self.records[-1].epoch == epoch and self.records[-1].path == path
-        self.saved.append(epoch)
+        assert self.records[-1] is record
+        if record.path is not None:
+            self.saved.append(record.epoch)
 
 
 def _count_batches(monkeypatch) -> list[int]:
@@ -177,9 +178,9 @@ def test_epoch_loss_is_the_mean_over_every_micro_batch(compose, monkeypatch):
         chunk = losses[(record.epoch - 1) * batches : record.epoch * batches]
         expected = sum(chunk) / len(chunk)
         assert record.loss == pytest.approx(expected, rel=1e-6)
-        assert epoch_loss.results[record.epoch]["train/epoch_loss"] == record.loss
+        assert result.scores.get(record.epoch) == {"train/epoch_loss": record.loss}
         assert result.epoch_losses[record.epoch] == record.loss
-    assert sorted(epoch_loss.results) == [1, 2, 3]
+    assert list(result.scores) == [1, 2, 3]
     assert all(math.isfinite(r.loss) for r in rec.records)
 
 
@@ -196,3 +197,21 @@ def test_max_train_steps_stops_mid_epoch_without_a_remainder_step(compose, monke
     per_epoch = [4] * (batches // 4) + ([batches % 4] if batches % 4 else [])
     assert groups == (per_epoch * 5)[:5]
     assert rec.records[-1].is_last and rec.records[-1].step == 5
+
+
+def test_log_metrics_follows_the_training_cadence_and_logs_the_last_step(compose, caplog):
+    """conf/train/lora.yaml's cadence (every 10th step) over 23 steps: 10, 20, and 23."""
+    import logging
+
+    from sweeper.callbacks import LogMetrics
+
+    cfg = compose("train.max_train_steps=23", "train.batch_size=1")
+    assert cfg.train.log_every_n_steps == 10
+    with caplog.at_level(logging.INFO, logger="sweeper"):
+        result = train_from_config(cfg, callbacks=[LogMetrics()])
+    assert result.global_step == 23
+    lines = [r.getMessage() for r in caplog.records if r.name == "sweeper"]
+    steps = [int(m.split()[1].rstrip(":")) for m in lines if m.startswith("step ")]
+    assert steps == [10, 20, 23]
+    assert all("train/loss=" in m for m in lines if m.startswith("step "))
+    assert any(m.startswith("epoch ") and " saved to " in m for m in lines)

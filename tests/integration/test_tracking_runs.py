@@ -30,6 +30,8 @@ from sweeper.tracking import (
     trial_run,
 )
 from sweeper.tracking.runs import open_run, read_tracking
+from trainer.loop.callbacks import EpochScores
+from trainer.loop.train import EpochRecord, TrainResult
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -52,17 +54,17 @@ def _cfg(mlruns: Path, out: Path, *extra: str):
 
 
 class FakeEvaluation:
-    """Stands for EvaluationCallback: results per epoch and the files it wrote."""
+    """Stands for EvaluationCallback: the run's scores and the files it wrote."""
 
     def __init__(self, out: Path):
-        self.output_dir, self.results, self.files = out, {}, {}
+        self.output_dir, self.results, self.files = out, EpochScores(), {}
 
     def add(self, epoch: int, objective: float) -> None:
         folder = self.output_dir / f"epoch-{epoch:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(folder / "unet_x_te-tiny.png")
         (folder / "metrics.json").write_text(json.dumps({"epoch": epoch}))
-        self.results[epoch] = {"eval/objective": objective, "eval/clip_i@unet0.5_te1.0": 0.1}
+        self.results.add(epoch, {"eval/objective": objective, "eval/clip_i@unet0.5_te1.0": 0.1})
         self.files[epoch] = {"grid": folder / "unet_x_te-tiny.png", "m": folder / "metrics.json"}
 
 
@@ -87,7 +89,7 @@ def _job_cfg(mlruns, tmp_path, study, trial, parent):
 
 def _train(run, tmp_path, steps: int, epochs: dict[int, float], fail_at: int | None = None):
     evaluation = FakeEvaluation(tmp_path / "eval")
-    callback = MlflowCallback(run, [evaluation], evaluation)
+    callback = MlflowCallback(run, evaluation)
     callback.on_train_start({"epochs": 3})
     for step in range(1, steps + 1):
         if step == fail_at:
@@ -96,7 +98,9 @@ def _train(run, tmp_path, steps: int, epochs: dict[int, float], fail_at: int | N
         epoch = (step + 1) // 2
         if step % 2 == 0 and epoch in epochs:
             evaluation.add(epoch, epochs[epoch])
-            callback.on_epoch_saved(epoch, tmp_path / f"lora-{epoch}.safetensors")
+            path = tmp_path / f"lora-{epoch}.safetensors"
+            record = EpochRecord(epoch, step, 0.1, 2, 2, path, False, evaluation.results)
+            callback.on_epoch_scored(record)
     return callback
 
 
@@ -126,8 +130,9 @@ def test_pruned_failed_and_dead_trials_keep_what_they_logged(store, tmp_path):
     pruned = _ask(study, 16)
     with trial_run(_job_cfg(mlruns, tmp_path, study, pruned, parent), pruned) as run:
         callback = _train(run, tmp_path, 2, {1: 0.1})
-        end = SimpleNamespace(global_step=2, epochs_done=1, stopped_early="pruned at epoch 1")
-        callback.on_train_end(end)
+        end = TrainResult(global_step=2, epochs_done=1, stopped_early="pruned at epoch 1")
+        end.scores = callback.evaluation.results
+        callback.on_train_scored(end)
         run.complete("PRUNED", 1, [], "pruned at epoch 1")
     study.tell(pruned, state=TrialState.PRUNED)
     record_trial(parent, study, pruned.number)

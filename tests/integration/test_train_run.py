@@ -22,8 +22,9 @@ class Recorder(TrainingCallback):
     def on_step(self, step, metrics):
         self.steps.append((step, metrics))
 
-    def on_epoch_saved(self, epoch, path):
-        self.saved.append((epoch, path))
+    def on_epoch_end(self, record):
+        if record.path is not None:
+            self.saved.append((record.epoch, record.path))
 
 
 def test_run_writes_kohya_files_with_metadata_and_calls_back(compose, tmp_path):
@@ -169,13 +170,20 @@ def test_callback_can_stop_training(compose):
     from trainer.loop.callbacks import StopTraining
 
     class StopAtFirst(Recorder):
-        def on_epoch_saved(self, epoch, path):
-            super().on_epoch_saved(epoch, path)
-            raise StopTraining("pruned at epoch 1")
+        def on_epoch_scored(self, record):
+            raise StopTraining(f"pruned at epoch {record.epoch}")
 
-    rec = StopAtFirst()
+    class Reads(TrainingCallback):  # listed after the one that stops: still hears the epoch
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_scored(self, record):
+            self.epochs.append(record.epoch)
+
+    rec, reads = StopAtFirst(), Reads()
     result = train_from_config(
-        compose("train.max_train_epochs=4", "train.batch_size=4"), callbacks=[rec]
+        compose("train.max_train_epochs=4", "train.batch_size=4"), callbacks=[rec, reads]
     )
     assert result.stopped_early == "pruned at epoch 1"
     assert [e for e, _ in rec.saved] == [1] and result.epochs_done == 1
+    assert reads.epochs == [1]

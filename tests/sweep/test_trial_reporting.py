@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -13,8 +12,8 @@ from sweeper.callbacks import EpochLoss, NonFiniteLossGuard, TrainingDivergedErr
 from sweeper.results import reproduce_command
 from sweeper.search_config import SearchSettings
 from sweeper.trial import MetricNotFoundError, NoObjectiveError, OptunaReporter
-from trainer.loop.callbacks import StopTraining
-from trainer.loop.train import EpochRecord
+from trainer.loop.callbacks import EpochScores, StopTraining
+from trainer.loop.train import EpochRecord, TrainResult
 
 
 def settings(metrics=("eval/objective",), directions=("minimize",)) -> SearchSettings:
@@ -26,11 +25,17 @@ def settings(metrics=("eval/objective",), directions=("minimize",)) -> SearchSet
     )  # fmt: skip
 
 
-def feed(reporter, source, epochs: dict[int, dict]) -> None:
-    reporter.on_train_start({"epochs": max(epochs)})
-    for epoch, scores in epochs.items():
-        source.results[epoch] = scores
-        reporter.on_epoch_saved(epoch, Path(f"e{epoch}.safetensors"))
+def saved(epoch: int, scores: EpochScores, last: bool = False) -> EpochRecord:
+    """The loop's record of a saved epoch."""
+    return EpochRecord(epoch, 4 * epoch, 1.0, 8, 4, Path(f"e{epoch}.safetensors"), last, scores)
+
+
+def feed(reporter, epochs: dict[int, dict]) -> EpochScores:
+    scores = EpochScores()
+    for epoch, metrics in epochs.items():
+        scores.add(epoch, metrics)
+        reporter.on_epoch_scored(saved(epoch, scores, last=epoch == max(epochs)))
+    return scores
 
 
 @pytest.mark.parametrize(
@@ -42,10 +47,9 @@ def feed(reporter, source, epochs: dict[int, dict]) -> None:
 )
 def test_value_is_the_best_epoch_and_a_hopeless_trial_is_pruned_early(pruner):
     study = optuna.create_study(direction="minimize", pruner=pruner)
-    source = SimpleNamespace(results={})
     good = study.ask()
-    reporter = OptunaReporter(good, [source], settings())
-    feed(reporter, source, {1: {"eval/objective": 1.0}, 2: {"eval/objective": 0.8},
+    reporter = OptunaReporter(good, settings())
+    feed(reporter, {1: {"eval/objective": 1.0}, 2: {"eval/objective": 0.8},
                             3: {"eval/objective": 0.9}})  # fmt: skip
     outcome = reporter.outcome()
     assert outcome == {"state": "COMPLETE", "values": [0.8], "best_epoch": 2,
@@ -54,13 +58,12 @@ def test_value_is_the_best_epoch_and_a_hopeless_trial_is_pruned_early(pruner):
     assert good.user_attrs["epoch_metrics"]["2"] == {"eval/objective": 0.8}
     study.tell(good, outcome["values"])
 
-    source = SimpleNamespace(results={})
     hopeless = study.ask()
-    reporter = OptunaReporter(hopeless, [source], settings())
-    reporter.on_train_start({"epochs": 3})
-    source.results[1] = {"eval/objective": 5.0}
+    reporter = OptunaReporter(hopeless, settings())
+    scores = EpochScores()
+    scores.add(1, {"eval/objective": 5.0})
     with pytest.raises(StopTraining, match="pruned at epoch 1"):
-        reporter.on_epoch_saved(1, Path("e1"))
+        reporter.on_epoch_scored(saved(1, scores))
     assert reporter.outcome()["state"] == "PRUNED"
     assert reporter.outcome()["pruned_at_epoch"] == 1
 
@@ -71,38 +74,34 @@ def test_the_last_epoch_is_never_pruned():
     first = study.ask()
     first.report(0.1, 1)
     study.tell(first, 0.1)
-    source = SimpleNamespace(results={})
-    reporter = OptunaReporter(study.ask(), [source], settings())
-    feed(reporter, source, {1: {"eval/objective": 9.0}})  # worse, but training is over
+    reporter = OptunaReporter(study.ask(), settings())
+    feed(reporter, {1: {"eval/objective": 9.0}})  # worse, but training is over
     assert reporter.outcome()["state"] == "COMPLETE"
 
 
 def test_skipped_epochs_are_not_reported_but_a_misnamed_metric_fails():
     study = optuna.create_study()
-    losses, evaluation = SimpleNamespace(results={}), SimpleNamespace(results={})
-    reporter = OptunaReporter(study.ask(), [losses, evaluation], settings())
-    reporter.on_train_start({"epochs": 4})
-    losses.results[1] = {"train/epoch_loss": 1.0}  # eval.every_n_epochs skipped epoch 1
-    reporter.on_epoch_saved(1, Path("e1"))
+    reporter = OptunaReporter(study.ask(), settings())
+    result = TrainResult()
+    result.scores.add(1, {"train/epoch_loss": 1.0})  # eval.every_n_epochs skipped epoch 1
+    reporter.on_epoch_scored(saved(1, result.scores))
     assert reporter.history == {}
     # The evaluation catches up on a skipped last file when training ends: it still counts.
-    evaluation.results[1] = {"eval/objective": 0.5}
-    reporter.on_train_end(None)
+    result.scores.add(1, {"eval/objective": 0.5})
+    reporter.on_train_scored(result)
     assert reporter.history == {1: {"eval/objective": 0.5}}
     assert reporter.outcome()["best_epoch"] == 1
-    losses.results[2] = {"train/epoch_loss": 0.9}
-    evaluation.results[2] = {"eval/clip_i": 0.3}
+    result.scores.add(2, {"train/epoch_loss": 0.9, "eval/clip_i": 0.3})
     with pytest.raises(MetricNotFoundError, match=r"\['eval/objective'\].*eval/clip_i"):
-        reporter.on_epoch_saved(2, Path("e2"))
+        reporter.on_epoch_scored(saved(2, result.scores))
 
 
 def test_multi_objective_takes_the_values_of_one_epoch_and_reports_nothing():
     study = optuna.create_study(directions=["maximize", "maximize"])
-    source = SimpleNamespace(results={})
     trial = study.ask()
     metrics = ("eval/clip_i", "eval/clip_t")
-    reporter = OptunaReporter(trial, [source], settings(metrics, ("maximize", "maximize")))
-    feed(reporter, source, {1: {"eval/clip_i": 0.5, "eval/clip_t": 0.9},
+    reporter = OptunaReporter(trial, settings(metrics, ("maximize", "maximize")))
+    feed(reporter, {1: {"eval/clip_i": 0.5, "eval/clip_t": 0.9},
                             2: {"eval/clip_i": 0.7, "eval/clip_t": 0.2}})  # fmt: skip
     assert reporter.outcome()["values"] == [0.7, 0.2]  # both from epoch 2, a real file
     assert reporter.outcome()["best_epoch"] == 2
@@ -111,9 +110,8 @@ def test_multi_objective_takes_the_values_of_one_epoch_and_reports_nothing():
 
 def test_no_finite_objective_is_an_error():
     study = optuna.create_study()
-    source = SimpleNamespace(results={})
-    reporter = OptunaReporter(study.ask(), [source], settings())
-    feed(reporter, source, {1: {"eval/objective": math.nan}})
+    reporter = OptunaReporter(study.ask(), settings())
+    feed(reporter, {1: {"eval/objective": math.nan}})
     with pytest.raises(NoObjectiveError, match="no evaluated epoch gave finite"):
         reporter.outcome()
 
@@ -125,11 +123,11 @@ def test_training_callbacks_guard_nan_and_average_epoch_loss():
         guard.on_step(2, {"train/loss": math.nan})
     # The epoch loss is the loop's (EpochRecord.loss, the mean over every micro-batch), not
     # the logged steps'; epochs that were not saved give no result.
-    losses = EpochLoss()
+    losses, scores = EpochLoss(), EpochScores()
     losses.on_step(1, {"train/loss": 9.0, "train/epoch": 1.0})  # a logged step: not used
     for epoch, loss, path in [(1, 2.0, Path("e1")), (2, 0.7, None), (3, 0.5, Path("e3"))]:
-        losses.on_epoch_end(EpochRecord(epoch, 4 * epoch, loss, 8, 4, path, epoch == 3))
-    assert losses.results == {1: {"train/epoch_loss": 2.0}, 3: {"train/epoch_loss": 0.5}}
+        losses.on_epoch_end(EpochRecord(epoch, 4 * epoch, loss, 8, 4, path, epoch == 3, scores))
+    assert scores.rows() == {1: {"train/epoch_loss": 2.0}, 3: {"train/epoch_loss": 0.5}}
 
 
 def test_reproduce_command_keeps_the_experiment_and_drops_the_sweep():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,6 +14,7 @@ from evaluators.objective import Diagnosis
 from evaluators.results import EpochEvaluation
 from evaluators.settings import read_eval_settings
 from trainer.errors import ConfigError
+from trainer.loop.train import EpochRecord, SavedEpoch, TrainResult
 
 # 2 prompts x 1 image, 8 steps with guidance, val loss on 4 images x 4 timesteps.
 BASE = {
@@ -121,10 +121,13 @@ def _run(settings, info, epochs: int, resolution: int = 64, **harness_kw):
     harness = _FakeHarness(settings, **harness_kw)
     callback = EvaluationCallback(cfg, output_dir=None, harness=harness)
     callback.on_train_start({"epochs": epochs, **info})
+    result = TrainResult()
     for epoch in range(1, epochs + 1):
-        name = "run" if epoch == epochs else f"run-{epoch:06d}"
-        callback.on_epoch_saved(epoch, Path(f"/runs/{name}.safetensors"))
-    callback.on_train_end(SimpleNamespace(pruned=False))
+        path = Path(f"/runs/run-{epoch:06d}.safetensors")  # the last epoch: by is_last alone
+        result.saved.append(SavedEpoch(epoch, epoch, path))
+        record = EpochRecord(epoch, epoch, 1.0, 1, 1, path, epoch == epochs, result.scores)
+        callback.on_epoch_end(record)
+    callback.on_train_end(result)
     return callback, harness
 
 

@@ -111,3 +111,14 @@ def test_check_network_type_names_file_found_and_asked_types():
         assert fragment in message
     # lora and locon are one family: a TE-only C3Lier file has no conv keys.
     assert check_network_type(LORA_SD, "locon", "f") == "lora"
+
+
+def test_ia3_learning_rate_advice_names_the_rates_and_skips_adaptive_optimizers():
+    from trainer.settings.network import learning_rate_advice, read_network
+
+    ia3 = read_network(IA3)
+    advice = learning_rate_advice(ia3, 1e-4, 5e-3, adaptive=False)
+    assert advice is not None and "(UNet 0.0001) below the 0.005 to 0.01" in advice
+    assert learning_rate_advice(ia3, 5e-3, 5e-3, adaptive=False) is None
+    assert learning_rate_advice(ia3, 1e-4, 1e-4, adaptive=True) is None  # Prodigy: its own
+    assert learning_rate_advice(read_network(LOHA), 1e-4, 1e-4, adaptive=False) is None

@@ -6,9 +6,9 @@ import re
 
 from sweeper.report.diagnose import diagnoses
 from sweeper.report.evaluation import EpochEval
+from sweeper.report.figures import Figure
 from sweeper.report.gather import ReportData, TrialInfo
-from sweeper.report.markup import esc, table
-from sweeper.report.render import SECTION_IDS, render
+from sweeper.report.render import SECTION_IDS, environment, render
 
 SCRIPT = "<script>alert('x')</script>"
 
@@ -71,7 +71,7 @@ def _data(best_strength=0.5, unet=0.5, te=2.0) -> ReportData:
 def test_every_user_text_is_escaped_and_there_is_no_script():
     page = render(_data())
     assert "<script" not in page.lower()
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     # the prompt, the study name, a parameter, the command and a failure reason all escaped
     assert page.count("&lt;script&gt;") >= 5
 
@@ -85,9 +85,14 @@ def test_page_has_every_section_and_forbids_network_fetches():
 
 
 def test_table_cells_and_attributes_are_escaped():
-    html = table(['a"b'], [["<b>x</b>"]])
-    assert "<th>a&quot;b</th>" in html and "<td>&lt;b&gt;x&lt;/b&gt;</td>" in html
-    assert esc(None) == ""
+    macros = environment().get_template("macros.html.j2").module
+    html = str(macros.table(['a"b'], [["<b>x</b>", None, ["<i>", 1.23456789]]], highlight=[0]))
+    assert "<th>a&#34;b</th>" in html and '<tr class="best"><td>&lt;b&gt;x&lt;/b&gt;</td>' in html
+    assert "<td></td>" in html  # None is empty
+    assert "<ul><li>&lt;i&gt;</li><li>1.23457</li></ul>" in html  # a list: bullets
+    figure_html = str(macros.image(Figure('"><b>', "data:image/png;base64,AA==", 96)))
+    assert figure_html.startswith('<figure><img alt="&#34;&gt;&lt;b&gt;" class="zoom"')
+    assert "nothing to draw" in str(macros.image(Figure("<plot>")))
 
 
 def test_diagnoses_speak_in_the_guides_terms():
@@ -205,3 +210,18 @@ def test_a_report_whose_tracking_server_does_not_answer_takes_seconds(tmp_path, 
     assert time.monotonic() - started < 20
     assert (tmp_path / "r.html").is_file()
     assert "http://127.0.0.1:9 unreadable: the server does not answer" in caplog.text
+
+
+def test_every_template_is_package_data():
+    """An installed package has the templates: pyproject's package-data covers each file."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["sweeper"]
+    shipped = {p for g in globs for p in (root / "sweeper").glob(g) if p.is_file()}
+    templates = {p for p in (root / "sweeper/report/templates").rglob("*") if p.is_file()}
+    assert templates and templates <= shipped
+    assert environment().get_template("report.html.j2") is not None

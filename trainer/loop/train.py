@@ -6,10 +6,11 @@ whose batch count is not a multiple of ``gradient_accumulation_steps`` ends with
 remainder, its gradient the mean over the micro-batches actually accumulated (as kohya and
 accelerate do), so every epoch takes ``ceil(batches / accumulation)`` steps, the plan of
 :func:`plan_length` and of the LR schedule, and no micro-batch leaks into the next epoch.
-After each epoch the callbacks get its :class:`EpochRecord` (the mean loss over every
-micro-batch, the steps taken, the file when one was saved); after each epoch chosen by
-``save_every_n_epochs`` (and always the last) the adapter file is written first. The loop
-receives built objects; it never reads the config tree.
+After each epoch chosen by ``save_every_n_epochs`` (and always the last) the adapter file is
+written; then the callbacks get the epoch's :class:`EpochRecord` (the mean loss over every
+micro-batch, the steps taken, the file when one was saved, whether it is the last) in two rounds
+(:mod:`trainer.loop.callbacks`): they add their numbers to the run's :class:`EpochScores`, then
+read them. The loop receives built objects; it never reads the config tree.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from trainer.device import to_device
 from trainer.families import family_of
 from trainer.families.base import Conditioning, ModelFamily
-from trainer.loop.callbacks import StopTraining, TrainingCallback
+from trainer.loop.callbacks import EpochScores, StopTraining, TrainingCallback
 from trainer.loop.noise import per_sample_mse
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,13 @@ class SavedEpoch:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """What the loop knows of one finished epoch, handed to every callback
-    (:meth:`~trainer.loop.callbacks.TrainingCallback.on_epoch_end`) before ``on_epoch_saved``.
+    """What the loop knows of one finished epoch: the one per-epoch hand-off to the callbacks
+    (:meth:`~trainer.loop.callbacks.TrainingCallback.on_epoch_end`, then ``on_epoch_scored``).
 
     ``loss``: the mean training loss over every micro-batch of the epoch (not only the logged
-    steps); ``path``: the adapter file written for it, None when the epoch was not saved.
+    steps); ``path``: the adapter file written for it, None when the epoch was not saved;
+    ``is_last``: the run's final epoch (the epoch count or ``max_train_steps`` reached; always
+    saved); ``scores``: the run's table, to which callbacks add their numbers of the epoch.
     """
 
     epoch: int
@@ -78,6 +81,7 @@ class EpochRecord:
     optimizer_steps: int
     path: Path | None = None
     is_last: bool = False
+    scores: EpochScores = field(default_factory=EpochScores, compare=False, repr=False)
 
 
 @dataclass
@@ -93,6 +97,8 @@ class TrainResult:
     pruned: bool = False  # stopped by a pruner (StopTraining(pruned=True))
     seconds: float = 0.0
     cache_stats: dict = field(default_factory=dict)
+    # Every callback's numbers per epoch (the records' table).
+    scores: EpochScores = field(default_factory=EpochScores)
 
 
 def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) -> int:
@@ -263,14 +269,11 @@ def run_training(
             optimizer_steps=result.global_step - steps_before,
             path=path,
             is_last=is_last,
+            scores=result.scores,
         )
-        try:
-            for cb in callbacks:
-                cb.on_epoch_end(record)
-            if path is not None:
-                for cb in callbacks:
-                    cb.on_epoch_saved(epoch, path)
-        except StopTraining as stop:
+        stop = _tell_all(callbacks, "on_epoch_end", record)
+        stop = _tell_all(callbacks, "on_epoch_scored", record) or stop
+        if stop is not None:
             result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
             result.pruned = stop.pruned
             break
@@ -281,7 +284,21 @@ def run_training(
     result.cache_stats = dict(getattr(data, "cache_stats", {}))
     for cb in callbacks:
         cb.on_train_end(result)
+    for cb in callbacks:
+        cb.on_train_scored(result)
     return result
+
+
+def _tell_all(callbacks: list[TrainingCallback], hook: str, record) -> StopTraining | None:
+    """Call every callback's ``hook`` with ``record``, even after one asks to stop (so every
+    reader hears the epoch whatever the list's order); the first :class:`StopTraining`."""
+    stop = None
+    for cb in callbacks:
+        try:
+            getattr(cb, hook)(record)
+        except StopTraining as raised:
+            stop = stop or raised
+    return stop
 
 
 def _batch_loss(

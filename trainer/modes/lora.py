@@ -27,6 +27,7 @@ from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
 from trainer.networks.metadata import kohya_metadata
 from trainer.optim.optimizers import describe_optimizer
+from trainer.settings.network import learning_rate_advice
 from trainer.speed import cast_frozen, prepare_unet
 from trainer.speed import describe as describe_speed
 
@@ -50,6 +51,12 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
     params = (network.unet_parameters(), network.text_encoder_parameters())
+    opt = spec.optimizer
+    advice = learning_rate_advice(
+        spec.network, opt.unet_lr or opt.lr, opt.text_encoder_lr or opt.lr, opt.adaptive
+    )
+    if advice:
+        log.warning("%s", advice)
     optimizer = common.make_optimizer(run, spec.optimizer, params)
     meta_base = _metadata_base(run, data, optimizer, *common.run_length(run, data))
     meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args

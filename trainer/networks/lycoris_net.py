@@ -35,7 +35,6 @@ from trainer.networks.lycoris_fixes import apply_fixes
 from trainer.settings.network import LycorisSpec, resolve_lycoris_config
 
 log = logging.getLogger(__name__)
-logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs every module at INFO
 
 KOHYA_NETWORK_MODULE = "lycoris.kohya"
 _ALGO = {"loha": "loha", "lokr": "lokr", "ia3": "ia3", "dora": "lora"}

@@ -62,6 +62,32 @@ class LycorisSpec(BaseModel):
 
 NetworkSpec = LoraSpec | LycorisSpec
 
+# The learning rates a network type needs where they differ from LoRA's (LyCORIS' guidance:
+# (IA)^3 learns scaling vectors and wants 5e-3 to 1e-2, far above LoRA's 1e-4).
+NEEDED_LR = {"ia3": (5.0e-3, 1.0e-2)}
+
+
+def learning_rate_advice(
+    network: NetworkSpec, unet_lr: float | None, te_lr: float | None, adaptive: bool
+) -> str | None:
+    """A warning when ``network``'s type needs learning rates its optimizer does not have
+    (None for adaptive optimizers: they find their own step size)."""
+    needed = NEEDED_LR.get(network.type)
+    if needed is None or adaptive:
+        return None
+    low, high = needed
+    parts = [("UNet", unet_lr, network.train_unet), ("text encoder", te_lr,
+                                                         network.train_text_encoder)]  # fmt: skip
+    off = [f"{name} {lr:g}" for name, lr, trained in parts if trained and lr and lr < low]
+    if not off:
+        return None
+    return (
+        f"network.type={network.type!r} trains with learning rates ({', '.join(off)}) below the "
+        f"{low:g} to {high:g} it needs (LyCORIS' guidance for (IA)^3): it will barely move. Set "
+        f"optimizer.lr={low:g} (and optimizer.unet_lr / text_encoder_lr), or use an adaptive "
+        "optimizer (optimizer=prodigy)"
+    )
+
 
 def read_network(network_cfg: Any) -> NetworkSpec:
     """The typed spec of ``network_cfg`` (DictConfig, mapping or object); ConfigError lists

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from trainer.device import SAVE_DTYPES
 from trainer.errors import LorasweepError
+from trainer.logs import setup_logging
 from trainer.models.ldm_format import save_diffusers_folder, save_single_file
 from trainer.models.loading import load_model
 from trainer.networks.kohya_format import read_lora, save_lora
@@ -167,7 +168,7 @@ COMMANDS = {"extract": _extract, "merge": _merge, "resize": _resize}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one tool; return the exit status (0 ok, 2 bad input, 1 output not written)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     try:
         print(COMMANDS[args.command](args))
     except LorasweepError as err:
