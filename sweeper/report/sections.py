@@ -59,6 +59,8 @@ def _readers(data: ReportData) -> str:
     def value(key: str):
         return params.get(f"network.{key}", _get(data.config, f"network.{key}"))
 
+    if value("type") is None or (_get(data.config, "train.mode") or "lora") != "lora":
+        return "- (not a LoRA sweep)"
     target = value("target_consumer") or "any"
     return reader_line(str(value("type")), str(target), value("alpha"), value("dim"))
 

@@ -342,5 +342,6 @@ def test_report_summary_says_which_programs_apply_the_best_file():
     # a swept network.type: the best trial's own type decides
     html = readers({"network.type": "lora"}, {"type": "ia3"})
     assert "exact (as evaluated) in ComfyUI, AUTOMATIC1111 WebUI, diffusers" in html
+    assert readers({}, {}) == "- (not a LoRA sweep)"
     html = readers({"network.dim": 4}, {"type": "dora", "alpha": 2, "target_consumer": "webui"})
     assert "AUTOMATIC1111 WebUI: differs" in html
