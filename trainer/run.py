@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import TrainResult
 from trainer.modes.common import Run, start_run
+from trainer.networks.compat import warn_consumers
 from trainer.settings.spec import RunSpec
 from trainer.validate import validate_run
 
@@ -47,6 +48,8 @@ def train_from_config(
     """
     if spec is None:
         spec = validate_run(cfg)
+    if spec.train.mode == "lora":
+        warn_consumers(cfg.network)  # the file's type vs network.target_consumer
     run = start_run(cfg, spec, components)
     return mode_trainer(spec.train.mode)(run, callbacks)
 

@@ -49,6 +49,22 @@ def keep_file(data: ReportData) -> tuple[str, str]:
     return best.best_file, where
 
 
+def _readers(data: ReportData) -> str:
+    """Which programs read the best trial's file as it was evaluated (network.type may be
+    swept, so the trial's own parameters come first)."""
+    from trainer.networks.compat import reader_line
+
+    params = data.best[0].params if data.best else {}
+
+    def value(key: str):
+        return params.get(f"network.{key}", _get(data.config, f"network.{key}"))
+
+    if value("type") is None or (_get(data.config, "train.mode") or "lora") != "lora":
+        return "- (not a LoRA sweep)"
+    target = value("target_consumer") or "any"
+    return reader_line(str(value("type")), str(target), value("alpha"), value("dim"))
+
+
 def summary(data: ReportData) -> dict:
     best = data.best[0] if data.best else None
     keep, keep_where = keep_file(data)
@@ -60,6 +76,7 @@ def summary(data: ReportData) -> dict:
         ("Best trial", _best_line(best)),
         ("File to keep", keep),
         ("File to keep, in MLflow", keep_where),
+        ("Programs that apply it as evaluated", _readers(data)),
         ("Base model", _get(data.config, "model.path") or _get(data.config, "model.name")),
         ("Training data", _get(data.config, "data.dir")),
         # A list: shown as bullets.

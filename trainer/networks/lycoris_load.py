@@ -9,6 +9,11 @@ are built directly from their two keys. And the loader first builds a throwaway 
 LyCORIS' class-level preset, whose default targets both the ``TimestepEmbedding`` class and the
 ``time_embedding.linear_1`` name, so on an SD 1.x UNet it fails ("duplicated lora name"); an
 empty preset is applied first.
+
+DoRA files whose magnitude is stored per input column (``dora_scale`` of shape
+``(1, in[, 1, 1])``, what ``lycoris_net`` writes, the layout ComfyUI and WebUI renormalise by the
+merged weight) are built here too: LyCORIS' loader only rebuilds the per-output layout and
+fails to copy the other. Per-output files (other trainers' default) still go to LyCORIS.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Mapping
 import torch
 from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
 from lycoris.modules.ia3 import IA3Module
+from lycoris.modules.locon import LoConModule
 from torch import nn
 
 from trainer.errors import ModelLoadError
@@ -46,6 +52,46 @@ def _ia3_modules(
             on_input = bool(state_dict[f"{name}.on_input"].item())
             module = IA3Module(name, layers[name], multiplier, train_on_input=on_input)
             module.weight.copy_(state_dict[f"{name}.weight"].reshape(module.weight.shape))
+            modules.append(module)
+    return modules
+
+
+def _dora_on_input(state_dict: Mapping[str, torch.Tensor], name: str) -> bool:
+    """Whether module ``name`` is DoRA with its magnitude per input column."""
+    scale = state_dict.get(f"{name}.dora_scale")
+    down = state_dict.get(f"{name}.lora_down.weight")
+    if scale is None or down is None or scale.dim() < 2:
+        return False
+    return scale.shape[0] == 1 and scale.shape[1] == down.shape[1] and down.shape[1] != 1
+
+
+def _dora_input_modules(
+    state_dict: Mapping[str, torch.Tensor],
+    names: set[str],
+    layers: Mapping[str, nn.Module],
+    multiplier: float,
+) -> list[LoConModule]:
+    modules = []
+    with torch.no_grad():
+        for name in sorted(names):
+            down = state_dict[f"{name}.lora_down.weight"]
+            mid = state_dict.get(f"{name}.lora_mid.weight")
+            alpha = state_dict.get(f"{name}.alpha")
+            module = LoConModule(
+                name,
+                layers[name],
+                multiplier,
+                down.shape[0],
+                float(alpha) if alpha is not None else down.shape[0],
+                use_tucker=mid is not None,
+                weight_decompose=True,
+                wd_on_out=False,
+            )
+            module.lora_up.weight.copy_(state_dict[f"{name}.lora_up.weight"])
+            module.lora_down.weight.copy_(down)
+            if mid is not None:
+                module.lora_mid.weight.copy_(mid)
+            module.dora_scale.copy_(state_dict[f"{name}.dora_scale"])
             modules.append(module)
     return modules
 
@@ -85,10 +131,14 @@ def load_lycoris_state_dict(
             f"(a LoRA for another architecture?): {', '.join(unmatched[:5])}"
         )
     ia3 = {n for n in names if f"{n}.on_input" in state_dict}
-    rest = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in ia3}
+    dora_in = {n for n in names if _dora_on_input(state_dict, n)}
+    own = ia3 | dora_in
+    rest = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in own}
     LycorisNetworkKohya.apply_preset(EMPTY_PRESET)
     network, _ = create_network_from_weights(multiplier, None, None, root, unet, weights_sd=rest)
-    for module in _ia3_modules(state_dict, ia3, layers, multiplier):
+    built = _ia3_modules(state_dict, ia3, layers, multiplier)
+    built += _dora_input_modules(state_dict, dora_in, layers, multiplier)
+    for module in built:
         if module.lora_name.startswith(kf.UNET_PREFIX + "_"):
             network.unet_loras.append(module)
         else:

@@ -120,7 +120,10 @@ def _lycoris_network(
     if spec.type == "lokr":
         extra["factor"] = spec.factor
     if spec.type == "dora":
+        # Magnitude per input column (dora_scale shape (1, in[, 1, 1])): the layout ComfyUI and
+        # WebUI renormalise by the merged weight's norm, as the training forward pass does.
         extra["weight_decompose"] = True
+        extra["wd_on_out"] = False
     return LycorisNetworkKohya(
         root,
         unet,
@@ -147,7 +150,8 @@ def build_lycoris(
 
     The modules are created on the UNet's device, in fp32. Their initial weights give a zero
     delta (LoHa: ``hada_w2_a`` = 0; LoKr: ``lokr_w2`` / ``_b`` = 0; (IA)^3: scale 0; DoRA:
-    ``lora_up`` = 0 and ``dora_scale`` = the base weights' row norms), so at step 0 the
+    ``lora_up`` = 0 and ``dora_scale`` = the base weights' column norms, one per input
+    channel), so at step 0 the
     adapted model equals the base model.
     """
     spec = network if isinstance(network, LycorisSpec) else resolve_lycoris_config(network)
@@ -201,6 +205,7 @@ class LycorisNetwork:
             args["factor"] = str(spec.factor)
         if spec.type == "dora":
             args["dora_wd"] = "True"
+            args["wd_on_output"] = "False"
         if spec.dropout:
             args["dropout"] = str(spec.dropout)
         return {

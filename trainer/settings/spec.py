@@ -25,6 +25,7 @@ from trainer.modes.settings import (
     group_mode,
     mode_problems,
 )
+from trainer.networks.compat import target_problems
 from trainer.settings.model import ModelSettings, model_problems, read_model_settings
 from trainer.settings.network import NetworkSpec, read_network
 from trainer.settings.optimizer import OptimizerSettings, read_optimizer
@@ -158,6 +159,7 @@ def parse_groups(cfg: Any, extra_checks: Iterable[Check] = ()) -> tuple[list[str
     if r.check(r.read(model_problems, cfg.model)):
         parts["model"] = r.read(read_model_settings, cfg.model)
     parts["network"] = r.read(read_network, cfg.network)
+    r.check(r.read(target_problems, cfg.network))  # network.target_consumer
     train_ok = r.check(r.read(mode_problems, cfg.train, cfg.data))
     if r.check(r.read(loop_problems, cfg.train)) and train_ok:
         parts["train"] = r.read(read_train, cfg.train)
