@@ -14,18 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.device import SAVE_DTYPES
 from trainer.errors import LorasweepError
 from trainer.logs import setup_logging
-from trainer.models.ldm_format import save_diffusers_folder, save_single_file
-from trainer.models.loading import load_model
-from trainer.networks.kohya_format import read_lora, save_lora
-from trainer.tools.common import ToolError
-from trainer.tools.extract import extract_lora
-from trainer.tools.merge import LoraInput, merge_into_model, merge_loras
-from trainer.tools.resize import DYNAMIC_METHODS, resize_lora
 
 log = logging.getLogger("trainer.tools")
+
+# The parser names these without importing torch (``--help`` answers at once); a test checks
+# they equal trainer.device.SAVE_DTYPES' keys and trainer.tools.resize.DYNAMIC_METHODS.
+SAVE_PRECISIONS = ("bf16", "float", "fp16", "fp32")
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +36,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--save-precision", choices=sorted(SAVE_DTYPES), default="fp16")
+    parser.add_argument("--save-precision", choices=SAVE_PRECISIONS, default="fp16")
     parser.add_argument("--device", default="cpu", help="where SVDs run (cpu, cuda)")
 
 
@@ -85,11 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str, args: argparse.Namespace):
+    from trainer.models.loading import load_model
+
     cfg = {"path": path, "single_file_config": args.config, "weights_seed": args.weights_seed}
     return load_model(cfg, args.cache_dir)
 
 
 def _extract(args: argparse.Namespace) -> str:
+    from trainer.device import SAVE_DTYPES
+    from trainer.networks.kohya_format import save_lora
+    from trainer.tools.extract import extract_lora
+
     state, metadata = extract_lora(
         _load(args.base, args),
         _load(args.tuned, args),
@@ -107,6 +110,8 @@ def _extract(args: argparse.Namespace) -> str:
 
 
 def _ratios(args: argparse.Namespace) -> list[float]:
+    from trainer.tools.common import ToolError
+
     ratios = args.ratios or [1.0] * len(args.models)
     if len(ratios) != len(args.models):
         raise ToolError(
@@ -117,6 +122,12 @@ def _ratios(args: argparse.Namespace) -> list[float]:
 
 
 def _merge(args: argparse.Namespace) -> str:
+    from trainer.device import SAVE_DTYPES
+    from trainer.models.ldm_format import save_diffusers_folder, save_single_file
+    from trainer.networks.kohya_format import read_lora, save_lora
+    from trainer.tools.common import ToolError
+    from trainer.tools.merge import LoraInput, merge_into_model, merge_loras
+
     loras = [
         LoraInput(read_lora(path)[0], ratio, path)
         for path, ratio in zip(args.models, _ratios(args), strict=True)
@@ -143,6 +154,10 @@ def _merge(args: argparse.Namespace) -> str:
 
 
 def _resize(args: argparse.Namespace) -> str:
+    from trainer.device import SAVE_DTYPES
+    from trainer.networks.kohya_format import read_lora, save_lora
+    from trainer.tools.resize import resize_lora
+
     state, metadata = read_lora(args.model)
     result = resize_lora(
         state,
