@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluators.generate import SamplingOptions, generate, make_encoder
 from evaluators.lora_swap import slot_for
@@ -249,7 +251,7 @@ class Harness:
         return generate(slot.pipeline, components, self.items(), self.sampling_options(ckpt))
 
     def _score_checkpoint(
-        self, checkpoint: Checkpoint, lora_path: Path, pairs, scores, images
+        self, checkpoint: Checkpoint, lora_path: Path, pairs, scores, images, progress=None
     ) -> None:
         components = self.base_model(checkpoint)
         slot = slot_for(components)
@@ -282,6 +284,8 @@ class Harness:
                 cell.update(objective_terms(cell, self.settings.fidelity_weight))
                 scores[(checkpoint.label, u, t)] = cell
                 images[(checkpoint.label, u, t)] = generated
+                if progress is not None:
+                    progress.update(1)
         finally:
             slot.unload()  # leave the shared base model as it was
 
@@ -306,8 +310,16 @@ class Harness:
         pairs = list(dict.fromkeys([*(pairs or self.settings.strength_pairs()), (1.0, 1.0)]))
         scores: dict[Cell, dict[str, float]] = dict(extend.scores) if extend else {}
         images: dict[Cell, list[Image.Image]] = dict(extend.images) if extend else {}
-        for checkpoint in self.checkpoints:
-            self._score_checkpoint(checkpoint, lora_path, pairs, scores, images)
+        todo = sum((c.label, u, t) not in scores for c in self.checkpoints for u, t in pairs)
+        label = f"eval epoch {epoch}" if epoch is not None else f"eval {lora_path.name}"
+        # Its own bar (cells = checkpoint x strength pair), shown on a terminal only; log lines
+        # are written above it.
+        with (
+            tqdm(total=todo, desc=label, unit="cell", leave=False, disable=None) as progress,
+            logging_redirect_tqdm(),
+        ):
+            for checkpoint in self.checkpoints:
+                self._score_checkpoint(checkpoint, lora_path, pairs, scores, images, progress)
         if extend is not None and epoch is None:
             epoch = extend.epoch
         s = self.settings

@@ -132,13 +132,38 @@ def test_hot_swapped_lora_equals_the_lora_fused_into_the_weights(tmp_path, kind)
     assert h.pool.load_counts.total() == 1
 
 
-def test_three_epochs_three_strengths_two_checkpoints_load_each_base_once(tmp_path):
+def test_three_epochs_three_strengths_two_checkpoints_load_each_base_once(tmp_path, monkeypatch):
+    import evaluators.harness as harness_module
+
+    bars = []
+
+    class RecordingBar:  # tqdm's interface as the harness uses it
+        def __init__(self, total, desc, **kwargs):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(harness_module, "tqdm", RecordingBar)
     other = save_single_file(build_tiny_components(seed=5), tmp_path / "other.safetensors")
     checkpoints = ["tiny", {"path": str(other), "single_file_config": "tiny", "name": "other"}]
     h = _harness(tmp_path, checkpoints=checkpoints, metrics=["clip_i", "val_loss"])
     files = [_lora_file(tmp_path / f"run-{e:06d}.safetensors", seed=e) for e in (1, 2, 3)]
     results = [h.evaluate(f) for f in files]
     assert [r.epoch for r in results] == [1, 2, 3]
+    # The evaluation's own progress: one bar per evaluated file over its cells, run to the end.
+    assert [(b.total, b.n, b.desc) for b in bars] == [
+        (6, 6, "eval run-000001.safetensors"),
+        (6, 6, "eval run-000002.safetensors"),
+        (6, 6, "eval run-000003.safetensors"),
+    ]
     assert sorted(h.pool.load_counts.values()) == [1, 1]
     for r in results:
         assert set(r.checkpoints) == {"tiny", "other"}
@@ -307,9 +332,9 @@ def _run_callback(tmp_path, grid_epochs: str, pruned: bool = False):
     scored: list[tuple[int, float, float]] = []
     score_checkpoint = h._score_checkpoint
 
-    def counting(checkpoint, lora_path, pairs, scores, images):
+    def counting(checkpoint, lora_path, pairs, scores, images, progress=None):
         before = set(scores)
-        score_checkpoint(checkpoint, lora_path, pairs, scores, images)
+        score_checkpoint(checkpoint, lora_path, pairs, scores, images, progress)
         scored.extend((int(lora_path.stem[-1]), u, t) for _, u, t in set(scores) - before)
 
     h._score_checkpoint = counting

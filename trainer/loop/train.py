@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from trainer.device import to_device
 from trainer.families import family_of
@@ -228,57 +229,60 @@ def run_training(
                 cb.on_step(result.global_step, metrics)
         bar.update(1)
 
-    for epoch in range(1, settings.epochs + 1):
-        # The epoch's loss sum stays on the device: one host sync per epoch, at its end.
-        loss_sum = torch.zeros((), device=device)
-        micro = 0
-        steps_before = result.global_step
-        loss = None
-        for batch in data.batches(epoch):
-            latents = to_device(batch["latents"], device)
-            with _autocast(device, settings.autocast_dtype):
-                loss = _batch_loss(
-                    batch, latents, denoiser, family, components, conditioner, settings,
-                    generator, device,
-                )  # fmt: skip
-            scaled = loss / accumulation
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            micro += 1
-            loss_sum += loss.detach().float()
-            if micro % accumulation:
-                continue
-            optimizer_step(epoch, loss, accumulation)
-            if result.global_step >= settings.max_steps:
+    # Log lines during training are written above the bar (tqdm.write), not through it.
+    redirect = logging_redirect_tqdm() if settings.progress_bar else contextlib.nullcontext()
+    with redirect:
+        for epoch in range(1, settings.epochs + 1):
+            # The epoch's loss sum stays on the device: one host sync per epoch, at its end.
+            loss_sum = torch.zeros((), device=device)
+            micro = 0
+            steps_before = result.global_step
+            loss = None
+            for batch in data.batches(epoch):
+                latents = to_device(batch["latents"], device)
+                with _autocast(device, settings.autocast_dtype):
+                    loss = _batch_loss(
+                        batch, latents, denoiser, family, components, conditioner, settings,
+                        generator, device,
+                    )  # fmt: skip
+                scaled = loss / accumulation
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                micro += 1
+                loss_sum += loss.detach().float()
+                if micro % accumulation:
+                    continue
+                optimizer_step(epoch, loss, accumulation)
+                if result.global_step >= settings.max_steps:
+                    break
+            if micro % accumulation and result.global_step < settings.max_steps:
+                optimizer_step(epoch, loss, micro % accumulation)
+            optimizer.zero_grad(set_to_none=True)  # nothing carries into the next epoch
+            result.epochs_done = epoch
+            mean_loss = float(loss_sum / micro) if micro else float("nan")
+            result.epoch_losses[epoch] = result.mean_loss_last_epoch = mean_loss
+            is_last = epoch == settings.epochs or result.global_step >= settings.max_steps
+            path = None
+            if is_last or epoch % settings.save_every_n_epochs == 0:
+                path = save_epoch(epoch, result.global_step, is_last)
+                result.saved.append(SavedEpoch(epoch, result.global_step, path))
+            record = EpochRecord(
+                epoch=epoch,
+                step=result.global_step,
+                loss=mean_loss,
+                micro_batches=micro,
+                optimizer_steps=result.global_step - steps_before,
+                path=path,
+                is_last=is_last,
+                scores=result.scores,
+            )
+            stop = _tell_all(callbacks, "on_epoch_end", record)
+            stop = _tell_all(callbacks, "on_epoch_scored", record) or stop
+            if stop is not None:
+                result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
+                result.pruned = stop.pruned
                 break
-        if micro % accumulation and result.global_step < settings.max_steps:
-            optimizer_step(epoch, loss, micro % accumulation)
-        optimizer.zero_grad(set_to_none=True)  # nothing carries into the next epoch
-        result.epochs_done = epoch
-        mean_loss = float(loss_sum / micro) if micro else float("nan")
-        result.epoch_losses[epoch] = result.mean_loss_last_epoch = mean_loss
-        is_last = epoch == settings.epochs or result.global_step >= settings.max_steps
-        path = None
-        if is_last or epoch % settings.save_every_n_epochs == 0:
-            path = save_epoch(epoch, result.global_step, is_last)
-            result.saved.append(SavedEpoch(epoch, result.global_step, path))
-        record = EpochRecord(
-            epoch=epoch,
-            step=result.global_step,
-            loss=mean_loss,
-            micro_batches=micro,
-            optimizer_steps=result.global_step - steps_before,
-            path=path,
-            is_last=is_last,
-            scores=result.scores,
-        )
-        stop = _tell_all(callbacks, "on_epoch_end", record)
-        stop = _tell_all(callbacks, "on_epoch_scored", record) or stop
-        if stop is not None:
-            result.stopped_early = str(stop) or f"stopped by a callback at epoch {epoch}"
-            result.pruned = stop.pruned
-            break
-        if is_last:
-            break
+            if is_last:
+                break
     bar.close()
     result.seconds = time.perf_counter() - started
     result.cache_stats = dict(getattr(data, "cache_stats", {}))
