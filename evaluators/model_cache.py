@@ -71,6 +71,15 @@ class ModelPool:
         # VAE -> {digest of the validation images: their latents}; an entry goes with its VAE.
         self.latents: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+    def __getstate__(self) -> dict:
+        """A pool sent to another process (a joblib worker gets the task function, and the
+        process's pool with it) arrives empty: loaded models and the lock stay here, and that
+        process loads its own models once."""
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def base_model(
         self,
         model_cfg: Any,

@@ -386,3 +386,16 @@ def test_grid_epochs_all_last_none_and_a_pruned_run(tmp_path):
     assert {(u, t) for _, u, t in scored} == {(1.0, 1.0)} and len(scored) == 3
     _, scored = _run_callback(tmp_path / "pruned", "best", pruned=True)
     assert {(u, t) for _, u, t in scored} == {(1.0, 1.0)} and len(scored) == 3
+
+
+def test_a_pool_sent_to_another_process_arrives_empty(tmp_path):
+    """The joblib launcher pickles the task function, and the process's pool with it."""
+    import pickle
+
+    from evaluators.model_cache import ModelPool
+
+    h = _harness(tmp_path)
+    h.evaluate(_lora_file(tmp_path / "run-000001.safetensors", seed=1))
+    assert sum(h.pool.load_counts.values()) >= 1
+    copy = pickle.loads(pickle.dumps(h.pool))
+    assert isinstance(copy, ModelPool) and not copy.load_counts and not copy.base_keys()
