@@ -41,6 +41,7 @@ from pathlib import Path
 from evaluators.cadence import auto_every_n_epochs, evaluation_units, overhead
 from evaluators.harness import Harness
 from evaluators.model_cache import ModelPool
+from evaluators.objective import NOT_MEASURED
 from evaluators.outputs import EpochStrengthGrids, write_metrics, write_unet_te_grids
 from evaluators.results import EpochEvaluation
 from trainer.loop.callbacks import TrainingCallback, best_epoch
@@ -165,8 +166,11 @@ class EvaluationCallback(TrainingCallback):
         self.evaluations[epoch] = evaluation
         self.files[epoch] = self._write(evaluation)
         evaluation.files = self.files[epoch]
+        # An epoch scored at 1.0 only has no strength reading: said once per epoch in the
+        # run's log file, not on the terminal (the grid's reading is).
+        measured = evaluation.diagnosis.state != NOT_MEASURED
         for note in evaluation.diagnosis.notes:
-            log.info("epoch %d: %s", epoch, note)
+            log.info("epoch %d: %s", epoch, note, extra={"terminal": measured})
         return evaluation.metrics
 
     def _missing_pairs(self, evaluation: EpochEvaluation) -> set[tuple[float, float]]:

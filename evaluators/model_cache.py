@@ -95,8 +95,10 @@ class ModelPool:
         """
         import torch
 
+        from trainer.logs import route_library_logs
         from trainer.models.loading import load_model
 
+        route_library_logs()
         dtype = dtype or torch.float32
         key = cache_key(model_cfg, device, dtype)
         with self._lock:
@@ -127,6 +129,9 @@ class ModelPool:
         return self._scoring_model("dino", value, device, load_dino)
 
     def _scoring_model(self, kind: str, value: str, device, load) -> Any:
+        from trainer.logs import route_library_logs
+
+        route_library_logs()  # the caller imported the model library
         key = (kind, str(value), str(device))
         with self._lock:
             if key not in self._scoring:

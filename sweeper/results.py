@@ -19,6 +19,7 @@ from sweeper.provenance import git_state
 from sweeper.search_config import SEARCH_KEYS
 from sweeper.study import count_states
 from trainer.atomic_write import write_text
+from trainer.logs import RUN_LOG, SWEEP_LOG, hidden_count
 
 RESULTS_FILE = "optuna_results.yaml"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -162,6 +163,11 @@ def print_summary(
     if env.get("lock_drift", "none") != "none":
         print(f"Warning: installed packages differ from {env['lock_file']}: {env['lock_drift']}")
     print(f"Results: {path}")
+    log_file = Path(path).parent / SWEEP_LOG
+    if log_file.is_file():
+        hidden = hidden_count()
+        kept = f" ({hidden} library and per-epoch lines not shown above)" if hidden else ""
+        print(f"Log: {log_file} and each trial's {RUN_LOG}{kept}")
     report = [python_command(), "-m", "sweeper.report", "--study", summary["study_name"]]
     if storage:
         report += ["--storage", storage]

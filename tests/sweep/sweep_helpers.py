@@ -4,6 +4,7 @@ that keep a tiny-model trial to a few seconds, and running ``python -m sweeper -
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,9 +109,10 @@ def assert_shared_without_duplicates(trials, texts: list[str], n_trials: int) ->
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == n_trials
     assert {t.state.name for t in trials} == {"COMPLETE"}
-    # Each trial was launched by exactly one worker, and both workers took part.
+    # Each trial was launched by exactly one worker (its progress line "trial N (k of n): ..."),
+    # and both workers took part.
     launched = [
-        {t.number for t in trials if f"+optuna.trial_number={t.number}\n" in text}
+        {t.number for t in trials if re.search(rf"\] trial {t.number} \(\d+ of \d+\)", text)}
         for text in texts
     ]
     assert launched[0].isdisjoint(launched[1])

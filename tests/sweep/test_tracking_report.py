@@ -112,8 +112,32 @@ def sweep(tmp_path_factory):
     return SimpleNamespace(
         root=root, env=env, data_dir=data_dir, study=study, summary=summary, report=report,
         printed=printed.stdout, client=MlflowClient(f"sqlite:///{root / 'mlruns'}/mlflow.db"),
-        swept=swept.stdout,
+        swept=swept.stdout, swept_err=swept.stderr, sweep_dir=sweep_dir,
     )  # fmt: skip
+
+
+def test_the_terminal_is_quiet_and_the_log_files_hold_the_rest(sweep):
+    terminal = sweep.swept + sweep.swept_err
+    sweep_log = (sweep.sweep_dir / "sweep.log").read_text()
+    run_logs = "".join((sweep.sweep_dir / f"trial_{n}" / "run.log").read_text() for n in range(3))
+    # Hydra's per-job launch lines (the whole override list): in the sweep's log only.
+    for n in range(3):
+        assert f"\t#{n} : " in sweep_log and f"#{n} : " not in terminal
+    assert "Launching 1 jobs locally" in sweep_log and "Launching" not in terminal
+    # The sweep's own progress and results stay on the terminal.
+    assert "trial 0 (1 of 3)" in terminal and "sweep: 2 of 3 trials finished" in terminal
+    assert f"Log: {sweep.sweep_dir / 'sweep.log'} and each trial's run.log" in terminal
+    # Epochs scored at 1.0 only say so in the trial's log; the grid's reading is printed.
+    assert "epoch 1: scored at strength 1.0 only" in run_logs
+    assert "no strength reading" not in terminal
+    assert re.search(r"epoch 2: best at strength", terminal)
+    # The libraries' own output (transformers' torchvision fallback, bitsandbytes' kernels,
+    # transformers' weight-loading bars) is in the logs or nowhere, not on the terminal.
+    assert "requires torchvision" in run_logs + sweep_log
+    for noise in ("requires torchvision", "[transformers]", "gemm_4bit", "Loading weights"):
+        assert noise not in terminal, noise
+    # One plan line per trial.
+    assert run_logs.count("plan: 4 optimizer steps over 2 epochs") == 3
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:

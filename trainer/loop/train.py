@@ -107,10 +107,15 @@ def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) ->
 
 
 def plan_length(
-    batches_per_epoch: int, grad_accum: int, max_epochs: int, max_steps: int | None
+    batches_per_epoch: int,
+    grad_accum: int,
+    max_epochs: int,
+    max_steps: int | None,
+    announce: bool = True,
 ) -> tuple[int, int]:
     """(epochs, optimizer steps): ``max_steps`` wins over epochs when set, as in kohya.
-    Logged at INFO with what decided it: a run's length is never a surprise."""
+    Logged at INFO with what decided it (``announce``; once per run: the loop announces it, a
+    caller that only needs the numbers passes False): a run's length is never a surprise."""
     per_epoch = steps_per_epoch(batches_per_epoch, grad_accum)
     if max_steps:
         epochs, steps = math.ceil(max_steps / per_epoch), int(max_steps)
@@ -118,10 +123,11 @@ def plan_length(
     else:
         epochs, steps = int(max_epochs), int(max_epochs) * per_epoch
         reason = f"train.max_train_epochs={max_epochs} (train.max_train_steps is null)"
-    log.info(
-        "plan: %d optimizer steps over %d epochs of %d steps, set by %s",
-        steps, epochs, per_epoch, reason,
-    )  # fmt: skip
+    if announce:
+        log.info(
+            "plan: %d optimizer steps over %d epochs of %d steps, set by %s",
+            steps, epochs, per_epoch, reason,
+        )  # fmt: skip
     return epochs, steps
 
 

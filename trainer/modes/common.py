@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.atomic_write import write_text
 from trainer.data.dataset import build_training_data
 from trainer.device import autocast_dtype, make_deterministic, resolve_device
+from trainer.logs import route_library_logs
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_training
 from trainer.models.loading import load_model
@@ -62,6 +63,7 @@ def start_run(cfg: DictConfig, spec: RunSpec, components=None) -> Run:
     cache_dir = Path(spec.paths.cache_dir)
     if components is None:
         components = load_model(spec.model, cache_dir)
+    route_library_logs()  # the model libraries are imported by now
     for module in (components.unet, components.vae, components.text_encoder):
         module.requires_grad_(False)
         module.to(device)
@@ -132,12 +134,13 @@ def make_optimizer(run: Run, opt: OptimizerSettings, params: tuple[list, list]):
     return build_optimizer(opt, *params, fused=run.speed.fused_optimizer)
 
 
-def run_length(run: Run, data) -> tuple[int, int]:
-    """(epochs, optimizer steps) of the run on ``data`` (steps win over epochs)."""
+def run_length(run: Run, data, announce: bool = False) -> tuple[int, int]:
+    """(epochs, optimizer steps) of the run on ``data`` (steps win over epochs); ``announce``
+    logs the plan (the training loop does, once per run)."""
     tc = run.spec.train
     return plan_length(
         data.batches_per_epoch, tc.gradient_accumulation_steps, tc.max_train_epochs,
-        tc.max_train_steps,
+        tc.max_train_steps, announce=announce,
     )  # fmt: skip
 
 
@@ -155,7 +158,7 @@ def train_loop(
     settings ``optimizer`` was built from; ``network``: the adapters (LoRA), for the max-norm
     of ``train.scale_weight_norms``."""
     tc, spec = run.spec.train, run.spec
-    epochs, max_steps = run_length(run, data)
+    epochs, max_steps = run_length(run, data, announce=True)
     lr_scheduler = build_scheduler(spec.scheduler, optimizer, max_steps, opt)
     settings = LoopSettings(
         epochs=epochs,

@@ -8,8 +8,10 @@ their own learning rates, and reads back the numbers worth logging.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from trainer.errors import BackendMissingError, ConfigError
+from trainer.logs import printed_to_log
 from trainer.settings.optimizer import (  # noqa: F401 (re-exported)
     ADAFACTOR,
     OPTIMIZERS,
@@ -171,7 +174,8 @@ def build_optimizer(
                 ", ".join(f"{k}={v}" for k, v in set_lrs.items()),
             )
     try:
-        optimizer = plan.cls(groups, **kwargs)
+        with printed_to_log(log):  # Prodigy prints "Using decoupled weight decay"
+            optimizer = plan.cls(groups, **kwargs)
     except (ValueError, NotImplementedError) as exc:  # the library's own range checks
         raise ConfigError(f"optimizer ({plan.name}, args {plan.args}): {exc}") from exc
     log.info("optimizer: %s", describe_plan(plan))
@@ -257,8 +261,8 @@ def _refusal(plan: OptimizerPlan, args: Mapping[str, Any]) -> Exception | None:
     kwargs = dict(args)
     if plan.lr is not None:
         kwargs["lr"] = plan.lr
-    try:
-        with torch.no_grad():
+    try:  # a check, not the run's optimizer: what the class prints is dropped
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             plan.cls([group], **kwargs)
     except _REFUSALS as exc:
         return exc
