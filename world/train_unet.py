@@ -42,6 +42,7 @@ from world.common import (
     write_json,
     write_manifest,
 )
+from world.scene import SIZE
 
 EMPTY_CAPTION_RATE = 0.1
 PIPELINE_INDEX = {
@@ -57,11 +58,14 @@ PIPELINE_INDEX = {
 }
 
 
-def unet_config(widths: tuple[int, ...] = (32, 64, 64), text_hidden: int = 64) -> dict:
-    """SD 1.x's layout, narrow: cross-attention in all but the lowest level, one resnet each."""
+def unet_config(
+    widths: tuple[int, ...] = (32, 64, 64), text_hidden: int = 64, sample_size: int = 8
+) -> dict:
+    """SD 1.x's layout, narrow: cross-attention in all but the lowest level, one resnet each.
+    ``sample_size``: the latents' side (64 px / the VAE's downsampling)."""
     n = len(widths)
     return {
-        "sample_size": 8,
+        "sample_size": sample_size,
         "in_channels": 4,
         "out_channels": 4,
         "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
@@ -94,7 +98,7 @@ def embed_captions(encoder: CLIPTextModel, tokenizer, captions: list[str]) -> to
 
 @torch.no_grad()
 def encode_images(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> torch.Tensor:
-    """Posterior mean and std, stacked ``[N, 2, 4, 8, 8]`` (unscaled)."""
+    """Posterior mean and std, stacked ``[N, 2, 4, h, w]`` (unscaled)."""
     out = []
     for i in range(0, len(images), batch):
         dist = vae.encode(to_tensor(images[i : i + batch])).latent_dist
@@ -147,7 +151,10 @@ def train(args: argparse.Namespace) -> int:
     print(f"unet: {len(vocabulary)} distinct captions embedded ({clock.elapsed():.0f} s)")
     prep_s = clock.elapsed()
 
-    unet = UNet2DConditionModel(**unet_config(tuple(args.widths), encoder.config.hidden_size))
+    latent_side = SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    unet = UNet2DConditionModel(
+        **unet_config(tuple(args.widths), encoder.config.hidden_size, latent_side)
+    )
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     scale = float(vae.config.scaling_factor)

@@ -130,7 +130,25 @@ def test_training_scripts_are_deterministic(tmp_path):
     ) == [8, 16]
 
 
-@pytest.mark.parametrize("widths", [[8, 8, 8]])
-def test_vae_needs_four_blocks(widths):
+@pytest.mark.parametrize("widths", [[8, 8], [8, 8, 8, 8, 8]])
+def test_vae_has_three_or_four_blocks(widths):
     with pytest.raises(ValueError, match="expected 4 values"):
         train_vae.vae_config(tuple(widths))
+
+
+def test_a_three_block_vae_downsamples_by_four():
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**train_vae.vae_config((8, 8, 8)))
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert tuple(latents.shape) == (1, 4, 16, 16)
+
+
+def test_background_pixels_weigh_one_and_the_shape_more():
+    x = torch.full((1, 3, 8, 8), -1.0)
+    x[..., 3:5, 3:5] = 1.0  # a 2x2 shape on a flat background
+    w = train_vae.foreground_weights(x, 5.0)
+    assert w.shape == (1, 1, 8, 8)
+    assert w[0, 0, 3:5, 3:5].eq(5.0).all() and w.sum() == 60 + 4 * 5
+    assert train_vae.foreground_weights(x, 1.0).eq(1.0).all()
