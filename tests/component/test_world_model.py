@@ -47,7 +47,7 @@ def test_shipped_base_model_loads_through_load_model_and_trains_a_lora_step(comp
     assert components.unet.dtype == torch.float32  # stored float16, computed in float32
     text_hidden = components.text_encoder.config.hidden_size
     assert components.unet.config.cross_attention_dim == text_hidden
-    assert components.vae_scale_factor == 8
+    assert components.vae_scale_factor == 4  # 3 VAE blocks: 16x16 latents of 64 px images
     assert components.latent_scaling_factor != 0.18215  # measured on the world's latents
     # The text encoder is the CLIP scorer's text tower: the same weights.
     scorer = load_clip(str(CLIP))
