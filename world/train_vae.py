@@ -1,10 +1,12 @@
-"""The base model's VAE: a diffusers ``AutoencoderKL`` with SD's 8x downsampling (4 blocks;
-64 px images -> 8x8x4 latents), trained on world images and on shapes in random RGB colours.
+"""The base model's VAE: a diffusers ``AutoencoderKL`` (4 blocks: SD's 8x downsampling, 64 px
+images -> 8x8x4 latents; 3 blocks: 4x, 16x16x4 latents, what the shipped base model uses; see
+world/README.md), trained on world images and on shapes in random RGB colours.
 
 The random colours let it represent what the base world never shows (the subject's magenta
 body and orange core) so that a LoRA, not the VAE, decides whether the subject appears. The
-loss is L1 + MSE on pixels plus a small KL term; training uses random 32 px crops (the network
-is convolutional, so it learns the same filters at a quarter of the cost). ``scaling_factor``
+loss is L1 + MSE on pixels (``--foreground-weight``: the shape's pixels weigh more) plus a
+small KL term; ``--crop`` below 64 trains on random crops (the network is convolutional; the
+shipped VAE used whole images). ``scaling_factor``
 is set to 1 / std of its latents on world images, as SD's 0.18215 was.
 
 ``python -m world vae [--steps N] [--out .cache/world/vae]``
@@ -43,7 +45,7 @@ from world.scene import (
 
 def vae_config(widths: tuple[int, ...] = (8, 16, 32, 32), norm_groups: int = 4) -> dict:
     """SD's VAE layout, narrow; no attention in the middle block (a third of the cost here,
-    and flat-coloured shapes need no global mixing at 8x8 latents). Groups of at least two
+    and flat-coloured shapes need no global mixing at 8x8 or 16x16 latents). Groups of at least two
     channels: a group of one is an instance norm, which erases a flat colour."""
     if len(widths) not in (3, 4):
         raise ValueError(
