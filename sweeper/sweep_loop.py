@@ -71,6 +71,7 @@ from sweeper.tracking import (
 )
 from sweeper.trial import MetricNotFoundError, worker_name
 from trainer.errors import ConfigError, LorasweepError
+from trainer.logs import SWEEP_LOG, set_sweep_log
 
 log = logging.getLogger("sweeper")
 
@@ -250,6 +251,9 @@ class SweepRunner:
             optuna.storages.fail_stale_trials(study)  # before their MLflow runs are closed
         self.tracker = start_sweep_run(self.config, study, fixed)
         close_dead_runs(self.tracker, study)
+        # The sweep's log file (the lines so far included), once the sweep is known to start:
+        # a sweep refused by its checks leaves no folder behind.
+        set_sweep_log(results_path.parent / SWEEP_LOG)
         status = "FAILED"
         try:
             self._loop(study, storage, settings, space, fixed, adaptive)

@@ -9,7 +9,6 @@ the job config's ``search`` group (``conf/search/``), not here.
 # registering it in sys.modules, and dataclasses then cannot resolve string annotations.
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -57,10 +56,8 @@ class LorasweepOptunaSweeper(Sweeper):
         from sweeper.interrupt import interruptible, report_and_exit
         from sweeper.sweep_loop import ResultsNotWrittenError, SweepRunner
         from trainer.errors import LorasweepError
-        from trainer.logs import SWEEP_LOG, set_sweep_log
 
         assert self.config is not None and self.hydra_context is not None
-        set_sweep_log(Path(str(self.config.hydra.sweep.dir)) / SWEEP_LOG)
         runner = SweepRunner(self.config, self.launcher, self.hydra_context.config_loader)
         try:
             with interruptible():
