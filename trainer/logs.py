@@ -78,10 +78,10 @@ def setup_logging(level: int | None = logging.WARNING) -> None:
 def route_library_logs() -> None:
     """Send the libraries' own log handlers into logging, where the entry point's handlers
     (and :class:`TerminalFilter`) decide: transformers' and diffusers' ``[library]`` stderr
-    handlers, LyCORIS's ANSI-coloured stdout handler (its INFO line per wrapped module is
-    dropped), transformers' weight-loading progress bars. Only for an entry point that called
-    :func:`setup_logging`; a library imported later is routed when the code that imports it
-    calls this again (idempotent, cheap)."""
+    handlers, MLflow's (its database set-up notices), LyCORIS's ANSI-coloured stdout handler
+    (its INFO line per wrapped module is dropped), transformers' weight-loading progress bars.
+    Only for an entry point that called :func:`setup_logging`; a library imported later is
+    routed when the code that imports it calls this again (idempotent, cheap)."""
     if not _route_libraries:
         return
     for name in ("transformers", "diffusers"):
@@ -94,6 +94,12 @@ def route_library_logs() -> None:
             root.propagate = True
             if name == "transformers":
                 library.disable_progress_bar()
+    if "mlflow" in sys.modules:  # its own stderr handler on these (mlflow's logging_utils)
+        for name in ("mlflow", "alembic"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
     lycoris = logging.getLogger("LyCORIS")
     if "lycoris" in sys.modules or lycoris.handlers:
         for handler in list(lycoris.handlers):

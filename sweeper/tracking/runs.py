@@ -325,6 +325,9 @@ def _client(settings: TrackingSettings):
     workers starting together on a new store do not run the migrations twice at once."""
     from mlflow import MlflowClient
 
+    from trainer.logs import route_library_logs
+
+    route_library_logs()  # MLflow's own handler (its database set-up notices)
     check_reachable(settings)
     if not settings.uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=settings.uri)

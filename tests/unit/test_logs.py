@@ -151,3 +151,14 @@ def test_lycoris_lines_go_through_logging_without_colour_codes(routed):
     lycoris_logger = logging.getLogger("LyCORIS")
     assert lycoris_logger.handlers == [] and lycoris_logger.propagate
     assert lycoris_logger.level == logging.WARNING
+
+
+def test_mlflow_notices_go_through_logging(routed):
+    import mlflow  # noqa: F401 - its import gives the "mlflow" logger a handler of its own
+
+    route_library_logs()
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        assert logger.handlers == [] and logger.propagate, name
+    record = _record("mlflow.store.db.utils", msg="Creating initial MLflow database tables...")
+    assert not TerminalFilter().filter(record)
