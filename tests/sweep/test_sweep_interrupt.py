@@ -79,6 +79,12 @@ def test_sigterm_fails_and_requeues_the_running_trial_then_a_rerun_resumes(share
         "search.sampler.seed=0",
         "search.pruner.name=none",
         "search.n_trials=2",
+        # Trial 0 takes seconds, so the signal reaches it while it trains (a tiny trial is
+        # over in about a second; its retry has another number and runs at full speed).
+        "+callbacks.slow._target_=sweep_faults.SlowTrial",
+        "+callbacks.slow.trial_number=${optuna.trial_number}",
+        "+callbacks.slow.slow_trial=0",
+        "+callbacks.slow.seconds=1",
     ]
     proc = subprocess.Popen(
         command(*args), cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE,
