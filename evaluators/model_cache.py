@@ -98,7 +98,6 @@ class ModelPool:
         from trainer.logs import route_library_logs
         from trainer.models.loading import load_model
 
-        route_library_logs()
         dtype = dtype or torch.float32
         key = cache_key(model_cfg, device, dtype)
         with self._lock:
@@ -106,6 +105,7 @@ class ModelPool:
             if cached is not None:
                 return cached
             log.info("loading base model %s", key)
+            route_library_logs()  # the model libraries are imported by now
             components = load_model(model_cfg, cache_dir)
             for module in (components.unet, components.vae, components.text_encoder):
                 module.requires_grad_(False)
@@ -131,10 +131,10 @@ class ModelPool:
     def _scoring_model(self, kind: str, value: str, device, load) -> Any:
         from trainer.logs import route_library_logs
 
-        route_library_logs()  # the caller imported the model library
         key = (kind, str(value), str(device))
         with self._lock:
             if key not in self._scoring:
+                route_library_logs()  # the caller imported the model library
                 self._scoring[key] = load(str(value), device)
             return self._scoring[key]
 

@@ -85,27 +85,26 @@ def route_library_logs() -> None:
     if not _route_libraries:
         return
     for name in ("transformers", "diffusers"):
-        if f"{name}.utils.logging" in sys.modules:
-            library = sys.modules[f"{name}.utils.logging"]
+        library = sys.modules.get(f"{name}.utils.logging")
+        if library is not None:
             library.get_logger()  # creates the library's handler if it has not yet
-            root = logging.getLogger(name)
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-            root.propagate = True
+            _propagate(name)
             if name == "transformers":
                 library.disable_progress_bar()
     if "mlflow" in sys.modules:  # its own stderr handler on these (mlflow's logging_utils)
-        for name in ("mlflow", "alembic"):
-            logger = logging.getLogger(name)
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-            logger.propagate = True
-    lycoris = logging.getLogger("LyCORIS")
-    if "lycoris" in sys.modules or lycoris.handlers:
-        for handler in list(lycoris.handlers):
-            lycoris.removeHandler(handler)
-        lycoris.propagate = True
-    lycoris.setLevel(logging.WARNING)
+        _propagate("mlflow", "alembic")
+    if "lycoris" in sys.modules:
+        _propagate("LyCORIS")
+    logging.getLogger("LyCORIS").setLevel(logging.WARNING)
+
+
+def _propagate(*names: str) -> None:
+    """These loggers lose their own handlers and pass their records up to the root's."""
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 @contextlib.contextmanager

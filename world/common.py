@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trainer.atomic_write import atomic_path, temp_path, write_text
+from trainer.data.latent_cache import file_digest
 from trainer.models.tiny import SCHEDULER_CONFIG as TINY_SCHEDULER_CONFIG
 from world.scene import Scene, caption, random_base_scene, render
 
@@ -130,18 +131,10 @@ def _umask() -> int:
     return mask
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, keyed by its path relative to ``root``."""
     return {
-        str(p.relative_to(root)): sha256_file(p)
+        str(p.relative_to(root)): file_digest(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != "MANIFEST.json"
     }

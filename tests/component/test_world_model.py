@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from evaluators.scoring_models import clip_image_embeddings, clip_text_embeddings, load_clip
+from trainer.data.latent_cache import file_digest
 from trainer.models.loading import load_model
 from trainer.run import train_from_config
 from world import train_clip, train_unet, train_vae
-from world.common import WEIGHTS, folder_hashes, sha256_file
+from world.common import WEIGHTS, folder_hashes
 from world.data import write_subject
 from world.scene import Scene, render
 
@@ -30,7 +31,7 @@ def test_manifest_hashes_match_the_shipped_files():
     assert any(k.startswith("clip/") and k.endswith(".safetensors") for k in on_disk)
     weights = [WEIGHTS / k for k in on_disk if k.endswith(".safetensors")]
     assert sum(p.stat().st_size for p in weights) < 25_000_000
-    assert sha256_file(BASE / "model_index.json") == on_disk["base/model_index.json"]
+    assert file_digest(BASE / "model_index.json") == on_disk["base/model_index.json"]
 
 
 def test_shipped_base_model_loads_through_load_model_and_trains_a_lora_step(compose, tmp_path):
@@ -122,7 +123,7 @@ def test_training_scripts_are_deterministic(tmp_path):
         assert train_unet.run(args) == 0
         outs.append(out)
     weights = "unet/diffusion_pytorch_model.safetensors"
-    assert sha256_file(outs[0] / weights) == sha256_file(outs[1] / weights)
+    assert file_digest(outs[0] / weights) == file_digest(outs[1] / weights)
     assert (outs[0] / "model_index.json").is_file()
     components = load_model({"path": str(outs[0])})
     assert components.unet.config.block_out_channels == (8, 16) or list(
