@@ -188,3 +188,9 @@ class Clock:
             self.last = time.monotonic()
             return True
         return False
+
+
+def stage_record(folder: Path) -> dict:
+    """What an earlier stage recorded about itself (its command, time and numbers)."""
+    path = Path(folder) / "world_training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -38,6 +38,7 @@ from world.common import (
     command_line,
     half_state_dict,
     seed_everything,
+    stage_record,
     to_tensor,
     write_json,
     write_manifest,
@@ -86,13 +87,18 @@ def text_encoder_from_clip(clip_dir: Path) -> CLIPTextModel:
     return encoder.eval()
 
 
-@torch.no_grad()
-def embed_captions(encoder: CLIPTextModel, tokenizer, captions: list[str]) -> torch.Tensor:
-    """Last hidden states ``[N, 77, D]`` as SD conditions on them (padded to 77 positions)."""
-    ids = tokenizer(
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids ``[N, 77]``, padded as SD pads them."""
+    return tokenizer(
         captions, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
         return_tensors="pt",
     ).input_ids  # fmt: skip
+
+
+@torch.no_grad()
+def embed_captions(encoder: CLIPTextModel, tokenizer, captions: list[str]) -> torch.Tensor:
+    """Last hidden states ``[N, 77, D]`` as SD conditions on them (padded to 77 positions)."""
+    ids = tokenize(tokenizer, captions)
     return torch.cat([encoder(ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
 
 
@@ -104,12 +110,6 @@ def encode_images(vae: AutoencoderKL, images: np.ndarray, batch: int = 128) -> t
         dist = vae.encode(to_tensor(images[i : i + batch])).latent_dist
         out.append(torch.stack([dist.mean, dist.std], 1))
     return torch.cat(out)
-
-
-def stage_record(folder: Path) -> dict:
-    """What an earlier stage recorded about itself (its command, time and numbers)."""
-    path = Path(folder) / "world_training.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_base(
@@ -146,6 +146,7 @@ def train(args: argparse.Namespace) -> int:
     vocabulary = sorted(set(data.captions) | set(data.partial) | {""})
     index = {c: k for k, c in enumerate(vocabulary)}
     states = embed_captions(encoder, tokenizer, vocabulary)
+    token_ids = tokenize(tokenizer, vocabulary)
     full = torch.tensor([index[c] for c in data.captions])
     partial = torch.tensor([index[c] for c in data.partial])
     print(f"unet: {len(vocabulary)} distinct captions embedded ({clock.elapsed():.0f} s)")
@@ -156,9 +157,19 @@ def train(args: argparse.Namespace) -> int:
         **unet_config(tuple(args.widths), encoder.config.hidden_size, latent_side)
     )
     ema = copy.deepcopy(unet).requires_grad_(False)
+    # --text-encoder-lr > 0: the text encoder is trained with the UNet (from the world CLIP's
+    # text tower), so its token states carry what the UNet needs; CLIP's contrastive loss
+    # leaves "on the left / right" almost the same state (world/README.md). 0: frozen, as SD.
+    train_encoder = args.text_encoder_lr > 0
+    encoder.requires_grad_(train_encoder)
+    ema_encoder = copy.deepcopy(encoder).requires_grad_(False) if train_encoder else encoder
     scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     scale = float(vae.config.scaling_factor)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
+    groups = [{"params": list(unet.parameters()), "lr": args.lr}]
+    if train_encoder:
+        encoder.train()
+        groups.append({"params": list(encoder.parameters()), "lr": args.text_encoder_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -200,28 +211,32 @@ def train(args: argparse.Namespace) -> int:
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
         noisy = scheduler.add_noise(z, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=states[caption_ids]).sample
+        hidden = encoder(token_ids[caption_ids])[0] if train_encoder else states[caption_ids]
+        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         sched.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
                 e.lerp_(p, 1 - decay)
+            if train_encoder:
+                for e, p in zip(ema_encoder.parameters(), encoder.parameters()):
+                    e.lerp_(p, 1 - decay)
         losses.append(loss.item())
         if step % 50 == 0 or step == args.steps - 1:
             rate = (step + 1) / max(1e-9, clock.elapsed() - prep_s)
             mean = np.mean(losses[-50:])
             print(f"unet step {step} loss {mean:.4f} ({rate:.2f} steps/s)", flush=True)
         if clock.due() and step + 1 < args.steps:
-            save_base(args.out, ema, vae, encoder, metrics(step + 1))
+            save_base(args.out, ema, vae, ema_encoder, metrics(step + 1))
             print(f"unet: checkpoint at step {step + 1} -> {args.out}")
     if done < args.steps:  # stopped early: the command that reproduces this run says where
         args.stop_step, args.max_minutes = done, 0
-    save_base(args.out, ema, vae, encoder, metrics(done))
+    save_base(args.out, ema, vae, ema_encoder.eval(), metrics(done))
     if args.manifest:
         write_manifest(args.out.parent)
     print(f"unet: {json.dumps(metrics(done))}")
@@ -237,6 +252,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 64])
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument(
+        "--text-encoder-lr", type=float, default=0.0,
+        help="train the text encoder with the UNet at this LR (0: frozen CLIP text tower)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=WORK, help="cache of rendered images")
     parser.add_argument("--threads", type=int, default=2)

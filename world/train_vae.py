@@ -29,6 +29,7 @@ from world.common import (
     command_line,
     render_set,
     seed_everything,
+    stage_record,
     to_tensor,
     write_json,
 )
@@ -67,9 +68,12 @@ def vae_config(widths: tuple[int, ...] = (8, 16, 32, 32), norm_groups: int = 4) 
     }
 
 
-def render_random_colours(rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+def render_random_colours(
+    rng: np.random.Generator, size: int = SIZE, core_rate: float = 0.5
+) -> Image.Image:
     """A world-like image in colours the world does not name: any shape, any RGB body and
-    background, and half the time a round core in a third colour (as the subject has)."""
+    background, and with probability ``core_rate`` a round core in a third colour (as the
+    subject has)."""
     scale = 4
     big = size * scale
     unit = big / SIZE
@@ -81,7 +85,7 @@ def render_random_colours(rng: np.random.Generator, size: int = SIZE) -> Image.I
     r = rng.uniform(8, 15) * unit
     shape = SHAPES[rng.integers(len(SHAPES))]
     _draw_shape(draw, shape, cx, cy, r, rng.uniform(-0.5, 0.5), tuple(rng.integers(0, 256, 3)))
-    if rng.random() < 0.5:
+    if rng.random() < core_rate:
         core = r * rng.uniform(0.25, 0.45)
         fill = tuple(int(c) for c in rng.integers(0, 256, 3))
         draw.ellipse((cx - core, cy - core, cx + core, cy + core), fill=fill)
@@ -89,9 +93,10 @@ def render_random_colours(rng: np.random.Generator, size: int = SIZE) -> Image.I
     return image.filter(ImageFilter.GaussianBlur(radius=0.3))
 
 
-def random_colour_set(n: int, seed: int) -> np.ndarray:
+def random_colour_set(n: int, seed: int, core_rate: float = 0.5) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.stack([np.asarray(render_random_colours(rng)) for _ in range(n)])
+    images = [render_random_colours(rng, core_rate=core_rate) for _ in range(n)]
+    return np.stack([np.asarray(im) for im in images])
 
 
 def subject_set(seed: int) -> np.ndarray:
@@ -139,8 +144,11 @@ def vae_loss(
 def train(args: argparse.Namespace) -> tuple[AutoencoderKL, list[float]]:
     seed_everything(args.seed)
     world = to_tensor(render_set(args.images, args.seed).images)
-    free = to_tensor(random_colour_set(args.random_images, args.seed + 1))
-    vae = AutoencoderKL(**vae_config(tuple(args.widths), args.norm_groups))
+    free = to_tensor(random_colour_set(args.random_images, args.seed + 1, args.core_rate))
+    if args.init:  # go on from a trained VAE (its architecture; --widths is not read)
+        vae = AutoencoderKL.from_pretrained(str(args.init))
+    else:
+        vae = AutoencoderKL(**vae_config(tuple(args.widths), args.norm_groups))
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -234,6 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--foreground-weight", type=float, default=1.0,
         help="loss weight of pixels that differ from the image's background (1: plain)",
     )  # fmt: skip
+    parser.add_argument(
+        "--core-rate", type=float, default=0.5,
+        help="share of the random-colour shapes drawn with a core in another colour",
+    )  # fmt: skip
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="a trained VAE folder to go on training (its command is kept in the record)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-images", type=int, default=200)
@@ -251,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
     vae.register_to_config(scaling_factor=round(1.0 / metrics["latent_std"], 5))
     metrics.update(
         command=command_line("vae", args, ()),
+        init=stage_record(args.init) if args.init else None,
         train_seconds=round(train_s, 1),
         steps_done=len(losses),
         final_loss=round(float(np.mean(losses[-50:])), 4),
