@@ -153,7 +153,7 @@ def command_line(stage: str, args, skip: tuple[str, ...] = ()) -> str:
     working directory where they are inside it): the command that reproduces a run."""
     words = ["python", "-m", "world", stage]
     for key, value in vars(args).items():
-        if key in ("command", *skip):
+        if key in ("command", *skip) or value is None:
             continue
         if isinstance(value, bool):
             words += [] if value else [f"--no-{key.replace('_', '-')}"]

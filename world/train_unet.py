@@ -138,7 +138,12 @@ def train(args: argparse.Namespace) -> int:
     seed_everything(args.seed, args.threads)
     clock = Clock(args.save_every_min * 60)
     vae = AutoencoderKL.from_pretrained(str(args.vae)).eval()
-    encoder = text_encoder_from_clip(args.clip)
+    if args.init:  # go on from a trained base model (its UNet and text encoder)
+        encoder = CLIPTextModel.from_pretrained(
+            str(args.init / "text_encoder"), torch_dtype=torch.float32
+        ).eval()
+    else:
+        encoder = text_encoder_from_clip(args.clip)
     tokenizer = build_clip_tokenizer()
     data = cached_render_set(args.images, args.seed + 7, args.work)
     latents = encode_images(vae, data.images)
@@ -153,9 +158,14 @@ def train(args: argparse.Namespace) -> int:
     prep_s = clock.elapsed()
 
     latent_side = SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
-    unet = UNet2DConditionModel(
-        **unet_config(tuple(args.widths), encoder.config.hidden_size, latent_side)
-    )
+    if args.init:  # its architecture; --widths is not read
+        unet = UNet2DConditionModel.from_pretrained(
+            str(args.init / "unet"), torch_dtype=torch.float32
+        )
+    else:
+        unet = UNet2DConditionModel(
+            **unet_config(tuple(args.widths), encoder.config.hidden_size, latent_side)
+        )
     ema = copy.deepcopy(unet).requires_grad_(False)
     # --text-encoder-lr > 0: the text encoder is trained with the UNet (from the world CLIP's
     # text tower), so its token states carry what the UNet needs; CLIP's contrastive loss
@@ -184,7 +194,7 @@ def train(args: argparse.Namespace) -> int:
 
     def metrics(step: int) -> dict:
         return {
-            "command": command_line("unet", args, ("save_every_min", "threads", "work")),
+            "command": command_line("unet", args, skip),
             "steps_done": step,
             "train_seconds": round(clock.elapsed() - prep_s, 1),
             "prepare_seconds": round(prep_s, 1),
@@ -193,8 +203,10 @@ def train(args: argparse.Namespace) -> int:
             "vae_scaling_factor": scale,
             "vae": stage_record(args.vae),
             "text_encoder": stage_record(args.clip),
+            "init": stage_record(args.init) if args.init else None,
         }
 
+    skip = ("save_every_min", "threads", "work", *(("widths",) if args.init else ()))
     done = 0
     for step in range(min(args.steps, args.stop_step or args.steps)):
         if args.max_minutes and clock.elapsed() > args.max_minutes * 60:
@@ -263,6 +275,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=Path, default=WEIGHTS / "clip")
     parser.add_argument("--vae", type=Path, default=WORK / "vae")
     parser.add_argument("--out", type=Path, default=WEIGHTS / "base")
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="a trained base model folder whose UNet and text encoder training goes on from",
+    )  # fmt: skip
     parser.add_argument(
         "--no-manifest", dest="manifest", action="store_false", help="leave MANIFEST.json"
     )

@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(vae, args.seed, args.eval_images)
     vae.register_to_config(scaling_factor=round(1.0 / metrics["latent_std"], 5))
     metrics.update(
-        command=command_line("vae", args, ()),
+        command=command_line("vae", args, ("widths", "norm_groups") if args.init else ()),
         init=stage_record(args.init) if args.init else None,
         train_seconds=round(train_s, 1),
         steps_done=len(losses),
