@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # model.family value -> "module:Class"
 _REGISTRY = {
     "sd15": "trainer.families.sd15:SD15Family",
+    "sdxl": "trainer.families.sdxl:SDXLFamily",
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 DEFAULT_FAMILY = "sd15"

@@ -88,6 +88,9 @@ class ModelFamily(ABC):
     kohya_prefixes: Mapping[str, str]
     #: Native resolution and bucket defaults of a real checkpoint of this family.
     native_geometry: BucketGeometry
+    #: The modelspec architecture id of the base model (``modelspec.architecture`` of a LoRA
+    #: file is this plus ``/lora``); None: the family's files carry no modelspec keys.
+    modelspec_architecture: str | None = None
 
     # --- loading ---------------------------------------------------------------------------
 

@@ -44,10 +44,10 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     # Adapters are created under the seed so their initial weights do not depend on what ran
     # before (data preparation may draw random numbers).
     torch.manual_seed(spec.train.seed)
-    network = build_network(
-        components.unet, components.text_encoder, spec.network, family_of(components)
-    )
-    cast_frozen([components.unet, components.text_encoder], run.speed.frozen_dtype)
+    family = family_of(components)
+    text_encoders = family.text_encoders(components)
+    network = build_network(components.unet, text_encoders, spec.network, family)
+    cast_frozen([components.unet, *text_encoders.values()], run.speed.frozen_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
     params = (network.unet_parameters(), network.text_encoder_parameters())

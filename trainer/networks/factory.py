@@ -49,11 +49,15 @@ class AdapterNetwork(Protocol):
 
 
 def build_network(
-    unet: nn.Module, text_encoder: nn.Module, network: NetworkSpec | Any, family=None
+    unet: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
+    network: NetworkSpec | Any,
+    family=None,
 ) -> AdapterNetwork:
     """Freeze the base model and add the adapters of the spec's type. ``network``: the run's
     typed spec, or a ``network`` group (read by ``trainer.settings.network.read_network``).
 
+    ``text_encoder``: one module or the family's text encoders by component name.
     ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) chooses which layers are
     adapted and their kohya names (``family_of(components)`` gives a loaded model's)."""
     spec = network if isinstance(network, LoraSpec | LycorisSpec) else read_network(network)
@@ -61,6 +65,10 @@ def build_network(
         from trainer.networks.lora import apply_lora
 
         return apply_lora(unet, text_encoder, spec, family)
+    if family is not None:
+        family.lycoris_preset(spec.preset)  # a family without LyCORIS support says so here
+    if not isinstance(text_encoder, nn.Module):
+        (text_encoder,) = text_encoder.values()  # LyCORIS is built on one text encoder
     # Imported here: lycoris-lora is only needed by the LyCORIS types.
     from trainer.networks.lycoris_net import build_lycoris
 

@@ -14,12 +14,12 @@ from trainer.settings.read import ABSENT, is_int, value
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Models built from configs, with random weights: no file, no network.
-BUILT_IN_MODELS = ("tiny", "sd15_shape")
+BUILT_IN_MODELS = ("tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 ACCEPTED_PATHS = (
-    "'tiny', 'sd15_shape', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a "
-    "diffusers folder containing model_index.json, or a Hugging Face hub id 'owner/name' "
-    "(online only)"
+    "'tiny', 'sd15_shape', 'tiny_sdxl', 'sdxl_shape', a single-file checkpoint (.safetensors, "
+    ".ckpt, .pt, .pth), a diffusers folder containing model_index.json, or a Hugging Face hub "
+    "id 'owner/name' (online only)"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -94,7 +94,8 @@ def model_path_problem(path: str) -> str | None:
     if _HUB_ID.match(path) and not p.suffix:
         return None
     return (
-        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', a "
+        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', 'tiny_sdxl', "
+        "'sdxl_shape', a "
         ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
     )
 
