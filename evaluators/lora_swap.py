@@ -67,7 +67,8 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
     """
     index: dict[str, ModuleShape] = {}
     family = family_of(components)
-    for component, model in (("unet", components.unet), ("text_encoder", components.text_encoder)):
+    models = {"unet": components.unet, **family.text_encoders(components)}
+    for component, model in models.items():
         for path, module in model.named_modules():
             parts = path.split(".")
             if any(p.startswith("lora_") for p in parts):
@@ -155,8 +156,9 @@ class _PeftAdapter:
         self.parts = tuple(c for c, names in adapters.items() if ADAPTER in names)
 
     def set_strength(self, unet: float, text_encoder: float) -> None:
-        wanted = {"unet": float(unet), "text_encoder": float(text_encoder)}
-        self.pipeline.set_adapters([ADAPTER], [{p: wanted[p] for p in self.parts}])
+        # Every text encoder (SDXL's two) takes the text-encoder strength.
+        wanted = {p: float(unet if p == "unet" else text_encoder) for p in self.parts}
+        self.pipeline.set_adapters([ADAPTER], [wanted])
 
     def remove(self) -> None:
         # Unloading (not just deleting the adapter) puts the original layers back, so that the

@@ -33,7 +33,10 @@ TINY = "tiny_sdxl"
 SHAPE = "sdxl_shape"
 BUILT_IN = (TINY, SHAPE)
 
-TEXT_HIDDEN = 32  # each tiny text encoder's width; the UNet attends to both: 64 channels
+# The tiny text encoders' widths; the UNet attends to both: 80 channels. They differ, as
+# SDXL's 768 and 1280 do: diffusers' single-file loader tells the two encoders apart by width.
+TEXT_HIDDEN = 32
+TEXT_2_HIDDEN = 48
 TIME_EMBED = 8  # width of each of the six size / crop numbers' sinusoidal embedding
 
 TINY_UNET_CONFIG = {
@@ -46,13 +49,13 @@ TINY_UNET_CONFIG = {
     "layers_per_block": 2,
     "transformer_layers_per_block": [1, 1, 2],
     "attention_head_dim": [2, 4, 4],
-    "cross_attention_dim": 2 * TEXT_HIDDEN,
+    "cross_attention_dim": TEXT_HIDDEN + TEXT_2_HIDDEN,
     "norm_num_groups": 8,
     "use_linear_projection": True,
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": TIME_EMBED,
     # pooled text embedding + 6 embedded size / crop numbers, as SDXL's 1280 + 6 * 256 = 2816
-    "projection_class_embeddings_input_dim": TEXT_HIDDEN + 6 * TIME_EMBED,
+    "projection_class_embeddings_input_dim": TEXT_2_HIDDEN + 6 * TIME_EMBED,
 }
 
 TINY_VAE_CONFIG = {
@@ -70,17 +73,28 @@ TINY_VAE_CONFIG = {
 
 _TINY_TEXT_COMMON = {
     "vocab_size": VOCAB_SIZE,
-    "hidden_size": TEXT_HIDDEN,
-    "intermediate_size": 64,
     "num_hidden_layers": 3,
     "num_attention_heads": 4,
     "max_position_embeddings": 77,
-    "projection_dim": TEXT_HIDDEN,
     "bos_token_id": 49406,
     "eos_token_id": 49407,
 }
-TINY_TEXT_CONFIG = {**_TINY_TEXT_COMMON, "hidden_act": "quick_gelu", "pad_token_id": 49407}
-TINY_TEXT_2_CONFIG = {**_TINY_TEXT_COMMON, "hidden_act": "gelu", "pad_token_id": 0}
+TINY_TEXT_CONFIG = {
+    **_TINY_TEXT_COMMON,
+    "hidden_size": TEXT_HIDDEN,
+    "intermediate_size": 2 * TEXT_HIDDEN,
+    "projection_dim": TEXT_HIDDEN,
+    "hidden_act": "quick_gelu",
+    "pad_token_id": 49407,
+}
+TINY_TEXT_2_CONFIG = {
+    **_TINY_TEXT_COMMON,
+    "hidden_size": TEXT_2_HIDDEN,
+    "intermediate_size": 2 * TEXT_2_HIDDEN,
+    "projection_dim": TEXT_2_HIDDEN,
+    "hidden_act": "gelu",
+    "pad_token_id": 0,
+}
 
 # SDXL's training noise schedule (the same DDPM betas as SD 1.x).
 SCHEDULER_CONFIG = {

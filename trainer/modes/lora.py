@@ -25,7 +25,7 @@ from trainer.modes import common
 from trainer.modes.pivot import pivot_captions, pivot_tokens
 from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
-from trainer.networks.metadata import kohya_metadata
+from trainer.networks.metadata import kohya_metadata, modelspec_metadata
 from trainer.optim.optimizers import describe_optimizer
 from trainer.settings.network import learning_rate_advice
 from trainer.speed import cast_frozen, prepare_unet
@@ -61,12 +61,13 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     meta_base = _metadata_base(run, data, optimizer, *common.run_length(run, data))
     meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args
     save_dtype = SAVE_DTYPES[spec.train.save_precision]
+    modelspec = _modelspec(run, family, data.resolution)
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
         path = run.output_dir / f"{common.epoch_stem(spec.run_name, epoch, is_last)}.safetensors"
         finished = datetime.now(UTC).timestamp()
         meta = {**meta_base, "epoch": epoch, "steps": step, "training_finished_at": finished}
-        save_lora(path, network.kohya_state_dict(save_dtype), kohya_metadata(meta))
+        save_lora(path, network.kohya_state_dict(save_dtype), kohya_metadata(meta) | modelspec)
         log.info("saved epoch %d (step %d): %s", epoch, step, path)
         return path
 
@@ -76,6 +77,19 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     )  # fmt: skip
     log.info("latent cache: %s", result.cache_stats)
     return result
+
+
+def _modelspec(run: common.Run, family, resolution: tuple[int, int]) -> dict[str, str]:
+    """The ``modelspec.*`` keys, for families that have a ModelSpec architecture id (SDXL)."""
+    if family.modelspec_architecture is None:
+        return {}
+    return modelspec_metadata(
+        family.modelspec_architecture,
+        title=run.spec.run_name,
+        resolution=resolution,
+        prediction_type=run.spec.model.prediction_type,
+        date=run.started_at.isoformat(timespec="seconds"),
+    )
 
 
 def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int) -> dict:
