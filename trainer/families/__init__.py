@@ -25,6 +25,30 @@ _REGISTRY = {
 FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 DEFAULT_FAMILY = "sd15"
 
+# What a family does not support yet, as config key -> allowed values (a key not listed: any).
+# Kept here, beside the registry, so that a config is checked before any model library loads.
+_LIMITS: dict[str, dict[str, tuple]] = {
+    "sdxl": {
+        # DreamBooth and textual inversion save SD 1.x checkpoints and embeddings.
+        "train.mode": ("lora",),
+        # The LyCORIS types name UNet modules by their diffusers paths, not SDXL's SGM paths.
+        "network.type": ("lora", "locon"),
+        # SDXL conditions on the penultimate layer of both encoders; kohya ignores clip_skip.
+        "model.clip_skip": (1,),
+    },
+}
+
+
+def family_limit_problems(name: object, values: dict[str, object]) -> list[str]:
+    """Problems of config ``values`` (key -> value) that family ``name`` does not support."""
+    limits = _LIMITS.get(name, {}) if isinstance(name, str) else {}
+    return [
+        f"{key}: {values[key]!r} is not allowed for model.family {name}; allowed: "
+        + ", ".join(map(str, allowed))
+        for key, allowed in limits.items()
+        if key in values and values[key] not in allowed
+    ]
+
 
 def family_problems(name: object, key: str = "model.family") -> list[str]:
     """The problem with ``name`` as a family (empty when it is allowed), for up-front checks."""

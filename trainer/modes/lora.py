@@ -50,7 +50,11 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     cast_frozen([components.unet, *text_encoders.values()], run.speed.frozen_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
-    params = (network.unet_parameters(), network.text_encoder_parameters())
+    # One optimizer group per text encoder where the network has them by component (SDXL's
+    # text_encoder_2_lr); LyCORIS networks (SD 1.x only) have one list.
+    by_component = getattr(network, "text_encoder_parameter_groups", None)
+    te_params = by_component() if by_component else network.text_encoder_parameters()
+    params = (network.unet_parameters(), te_params)
     opt = spec.optimizer
     advice = learning_rate_advice(
         spec.network, opt.unet_lr or opt.lr, opt.text_encoder_lr or opt.lr, opt.adaptive
@@ -104,7 +108,12 @@ def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int
         "sd_model_name": Path(spec.model.path).name,
         "learning_rate": spec.optimizer.configured_lrs["lr"],
         "unet_lr": lrs.get("unet"),
-        "text_encoder_lr": lrs.get("text_encoder"),
+        # kohya writes its list of text-encoder LRs when it has several (SDXL: TE1, TE2).
+        "text_encoder_lr": (
+            [lrs.get("text_encoder"), lrs["text_encoder_2"]]
+            if "text_encoder_2" in lrs
+            else lrs.get("text_encoder")
+        ),
         "optimizer": describe_optimizer(spec.optimizer),
         "lr_scheduler": spec.scheduler.name,
         "num_epochs": epochs,

@@ -207,6 +207,15 @@ class LoraNetwork:
         """Every text encoder's adapter parameters (SDXL: both encoders')."""
         return [p for m in self.modules if m.component != "unet" for p in (m.down, m.up)]
 
+    def text_encoder_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The text encoders' adapter parameters by component (SDXL: ``text_encoder`` and
+        ``text_encoder_2``, each with its own learning rate)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for m in self.modules:
+            if m.component != "unet":
+                groups.setdefault(m.component, []).extend((m.down, m.up))
+        return groups
+
     def kohya_info(self) -> dict[str, Any]:
         """The network part of kohya's ``ss_`` metadata (see ``metadata.kohya_metadata``)."""
         args = {}

@@ -1,0 +1,126 @@
+"""``model=tiny_sdxl`` through the composed config tree: the run trains every part SDXL has,
+saves kohya SDXL files with their metadata, gives each text encoder its own learning rate, and
+conditions every sample on its size and crop as kohya does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from trainer.families import get_family
+from trainer.families.sdxl import kohya_crop_top_left
+from trainer.loop.callbacks import TrainingCallback
+from trainer.networks.kohya_format import read_lora
+from trainer.run import train_from_config
+
+SHORT = ("model=tiny_sdxl", "train.max_train_steps=4", "train.batch_size=2")
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.metrics: dict = {}
+
+    def on_step(self, step, metrics):
+        self.metrics = metrics
+
+
+def test_tiny_sdxl_run_saves_a_kohya_sdxl_lora_with_one_lr_per_text_encoder(compose):
+    cfg = compose(*SHORT, "optimizer.text_encoder_lr=4e-5", "optimizer.text_encoder_2_lr=1e-5")
+    rec = Recorder()
+    result = train_from_config(cfg, callbacks=[rec])
+    assert result.global_step == 4
+    assert all(loss == loss and loss > 0 for loss in result.epoch_losses.values())  # finite
+    assert rec.metrics["train/lr_te"] == pytest.approx(4e-5)
+    assert rec.metrics["train/lr_te2"] == pytest.approx(1e-5)
+    assert rec.metrics["train/lr_unet"] == pytest.approx(1e-4)
+    state_dict, meta = read_lora(result.saved[-1].path)
+    modules = {k.split(".")[0] for k in state_dict}
+    # LierLa on every Transformer2DModel Linear of the tiny UNet and every attention / MLP
+    # Linear of both 3-layer text encoders.
+    assert sum(m.startswith("lora_te1_text_model_encoder_layers_") for m in modules) == 18
+    assert sum(m.startswith("lora_te2_text_model_encoder_layers_") for m in modules) == 18
+    assert "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k" in modules
+    assert "lora_unet_output_blocks_5_1_proj_out" in modules
+    assert not any(m.startswith(("lora_te_", "lora_unet_down_blocks")) for m in modules)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["ss_text_encoder_lr"] == "[4e-05, 1e-05]"
+    assert meta["ss_unet_lr"] == "0.0001"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
+    assert meta["modelspec.prediction_type"] == "epsilon"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1"
+
+
+def test_frozen_text_encoders_train_the_unet_from_cached_conditioning(compose):
+    cfg = compose(*SHORT, "network.train_text_encoder=false", "model.prediction_type=v_prediction",
+                  "train.min_snr_gamma=5", "train.noise_offset=0.05")  # fmt: skip
+    result = train_from_config(cfg)
+    state_dict, meta = read_lora(result.saved[-1].path)
+    assert all(k.startswith("lora_unet_") for k in state_dict)
+    assert meta["modelspec.prediction_type"] == "v"
+    assert float(meta["ss_min_snr_gamma"]) == 5.0
+
+
+def test_each_sample_is_conditioned_on_its_own_size_crop_and_flip(compose, tmp_path):
+    """Batches carry each image's own size, its bucket and its flip; the family turns them into
+    kohya's time ids."""
+    from trainer.data.dataset import build_training_data
+    from trainer.data.options import DataOptions
+    from trainer.models.sdxl import build_tiny_sdxl_components
+
+    folder = tmp_path / "img" / "1_cat"
+    folder.mkdir(parents=True)
+    for i, size in enumerate([(64, 64), (96, 48), (40, 80)]):
+        Image.new("RGB", size, (40 * i, 90, 160)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a cat")
+    cfg = compose(*SHORT, f"data.dir={tmp_path / 'img'}", "data.flip_aug=true")
+    components = build_tiny_sdxl_components()
+    options = DataOptions.from_config(cfg.data)
+    data = build_training_data(
+        options, components.vae, tmp_path / "cache", batch_size=1, seed=3, prior_loss_weight=1.0
+    )
+    family = get_family("sdxl")
+    seen = {}
+    for epoch in (1, 2, 3):
+        for batch in data.batches(epoch):
+            (original,), (bucket,), (flip,) = (
+                batch["original_sizes"], batch["target_sizes"], batch["flips"]
+            )  # fmt: skip
+            latent_h, latent_w = batch["latents"].shape[2:]
+            assert bucket == (latent_w * 8, latent_h * 8)
+            cond = family.condition_batch(
+                components, _conditioning(), {k: batch[k] for k in batch}
+            )
+            top, left = kohya_crop_top_left(original, bucket, flip)
+            expected = [original[1], original[0], top, left, bucket[1], bucket[0]]
+            assert cond.extra["time_ids"][0].tolist() == expected
+            seen[(original, flip)] = expected
+    assert {o for o, _ in seen} == {(64, 64), (96, 48), (40, 80)}
+    assert {f for _, f in seen} == {False, True}  # flip_aug mirrors some samples
+
+
+def _conditioning():
+    from trainer.families.base import Conditioning
+
+    return Conditioning(torch.zeros(1, 77, 80), {"text_embeds": torch.zeros(1, 48)})
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("train=dreambooth", "train.mode: 'dreambooth' is not allowed for model.family sdxl; "
+         "allowed: lora"),
+        ("network=loha", "network.type: 'loha' is not allowed for model.family sdxl; "
+         "allowed: lora, locon"),
+        ("model.clip_skip=2", "model.clip_skip: 2 is not allowed for model.family sdxl; "
+         "allowed: 1"),
+    ],
+)  # fmt: skip
+def test_what_sdxl_does_not_support_is_refused_before_loading(compose, override, problem):
+    from trainer.errors import ConfigError
+    from trainer.validate import validate_run
+
+    with pytest.raises(ConfigError) as raised:
+        validate_run(compose(*SHORT, override))
+    assert problem in raised.value.problems
