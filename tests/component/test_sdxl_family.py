@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ from trainer.models.sgm_format import TE1_PREFIX, TE2_PREFIX, save_sgm_file
 from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import read_lora, save_lora
 
+PROJECT = Path(__file__).resolve().parents[2]
 COMMON = dict(dropout=0.0, train_unet=True, train_text_encoder=True)
 NETWORKS = {
     "lora": dict(type="lora", dim=4, alpha=2, conv_dim=None, conv_alpha=None, **COMMON),
@@ -310,3 +312,43 @@ def test_evaluation_slot_hot_swaps_sdxl_loras_at_unet_and_te_strengths(tmp_path)
     assert _max_diff([prediction], base[3:]) > 1e-3
     slot.unload()
     assert _max_diff(_outputs(base_model), base) <= TOLERANCE
+
+
+def test_harness_scores_an_sdxl_lora_on_two_sdxl_checkpoints(tmp_path):
+    from evaluators.harness import Harness
+    from evaluators.settings import read_eval_settings
+
+    other = save_sgm_file(build_tiny_sdxl_components(seed=5), tmp_path / "other.safetensors")
+    model = {"family": "sdxl", "path": "tiny_sdxl", "single_file_config": "tiny_sdxl",
+             "resolution": 64}  # fmt: skip
+    data = {"dir": str(PROJECT / "data/sample/img"), "max_token_length": 75,
+            "caption_extension": ".txt"}  # fmt: skip
+    settings = read_eval_settings(
+        {
+            "metrics": ["clip_i", "val_loss"],
+            "prompts": ["a photo of {trigger}"],
+            "steps": 2,
+            "strengths": [0.5, 1.0],
+            "unet_strengths": [],
+            "te_strengths": [],
+            "max_reference_images": 2,
+            "val_max_images": 2,
+            "val_timesteps": [500],
+            "checkpoints": ["tiny_sdxl", {"path": str(other), "name": "other"}],
+        }
+    )
+    harness = Harness(settings, model, data, tmp_path / "cache")
+    _, net = _trained("lora")
+    path = tmp_path / "run-000001.safetensors"
+    save_lora(path, net.kohya_state_dict(), {})
+    result = harness.evaluate(path)
+    assert set(result.checkpoints) == {"tiny_sdxl", "other"}
+    assert len(result.scores) == 2 * 2  # checkpoints x strengths
+    m = result.metrics
+    assert m["eval/ckpt/tiny_sdxl/val_loss"] != m["eval/ckpt/other/val_loss"]
+    assert m["eval/val_loss"] == pytest.approx(
+        (m["eval/ckpt/tiny_sdxl/val_loss"] + m["eval/ckpt/other/val_loss"]) / 2
+    )
+    bases = [harness.pool.base(key) for key in harness.pool.base_keys()]
+    assert sorted(family_of(b).name for b in bases) == ["sdxl", "sdxl"]
+    assert all(slot_for(b).loaded is None for b in bases)  # adapters removed after scoring
