@@ -352,3 +352,24 @@ def test_harness_scores_an_sdxl_lora_on_two_sdxl_checkpoints(tmp_path):
     bases = [harness.pool.base(key) for key in harness.pool.base_keys()]
     assert sorted(family_of(b).name for b in bases) == ["sdxl", "sdxl"]
     assert all(slot_for(b).loaded is None for b in bases)  # adapters removed after scoring
+
+
+def test_resize_and_lora_merge_keep_sdxl_names_and_diffusers_reads_the_results(tmp_path):
+    from trainer.tools.merge import LoraInput, merge_loras
+    from trainer.tools.resize import resize_lora
+
+    c, net = _trained("lora")
+    ours = _outputs(c)
+    state_dict = net.kohya_state_dict()
+    # At its own rank, resizing is lossless; merging a file with ratio 0.5 twice (ranks
+    # concatenated) is the file itself.
+    resized = resize_lora(state_dict, new_rank=4).state_dict
+    merged, _ = merge_loras([LoraInput(state_dict, 0.5, "a"), LoraInput(state_dict, 0.5, "b")])
+    for produced in (resized, merged):
+        assert {k.split(".")[0] for k in produced} == {k.split(".")[0] for k in state_dict}
+        fresh = build_tiny_sdxl_components(seed=0)
+        pipe = fresh.to_pipeline()
+        with _load_messages() as messages:
+            pipe.load_lora_weights(dict(produced), adapter_name="tool")
+        assert messages == []
+        assert _max_diff(_outputs(fresh), ours) <= 1e-4

@@ -124,3 +124,19 @@ def test_what_sdxl_does_not_support_is_refused_before_loading(compose, override,
     with pytest.raises(ConfigError) as raised:
         validate_run(compose(*SHORT, override))
     assert problem in raised.value.problems
+
+
+def test_kohyas_sdxl_recipe_composes_with_its_numbers(compose):
+    from trainer.validate import validate_run
+
+    spec = validate_run(compose("+experiment=sdxl_kohya", "model=tiny_sdxl"))
+    assert (spec.network.dim, spec.network.alpha) == (32, 16)
+    opt = spec.optimizer
+    assert (opt.name, opt.unet_lr, opt.text_encoder_lr, opt.text_encoder_2_lr) == (
+        "AdamW8bit",
+        1e-4,
+        1e-5,
+        1e-5,
+    )
+    assert spec.scheduler.name == "constant"
+    assert (spec.train.max_train_epochs, spec.train.max_train_steps) == (10, None)
