@@ -88,6 +88,10 @@ def test_kohya_names_are_the_sgm_paths(family, component, path, kohya):
 
 def test_real_sdxl_targets_are_kohyas_modules_and_each_is_an_sgm_weight(family, sdxl_meta):
     unet = family.lora_targets("unet", sdxl_meta.unet, with_conv=False)
+    # SDXL 1.0 base's published sizes: UNet 2,567,463,684 parameters, CLIP ViT-L text model
+    # 123,060,480, OpenCLIP bigG text model with projection 694,659,840, VAE 83,653,863.
+    sizes = [sum(p.numel() for p in m.parameters()) for m in sdxl_meta.modules]
+    assert sizes == [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
     # 70 transformer blocks x 10 Linear (attn1/attn2 q, k, v, out; ff in, out) + proj_in and
     # proj_out of 11 Transformer2DModels; CLIP-L 12 and bigG 32 layers x 6 Linear each.
     assert len(unet) == 70 * 10 + 11 * 2 == 722

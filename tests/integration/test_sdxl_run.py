@@ -140,3 +140,15 @@ def test_kohyas_sdxl_recipe_composes_with_its_numbers(compose):
     )
     assert spec.scheduler.name == "constant"
     assert (spec.train.max_train_epochs, spec.train.max_train_steps) == (10, None)
+
+
+def test_pivotal_tuning_is_refused_for_sdxl(compose, tmp_path):
+    from trainer.errors import ConfigError
+    from trainer.validate import validate_run
+
+    embedding = tmp_path / "subject_ti.safetensors"
+    embedding.write_bytes(b"")
+    with pytest.raises(ConfigError) as raised:
+        validate_run(compose(*SHORT, f"+train.init_embedding={embedding}"))
+    assert any(p.startswith("train.init_embedding:") and "model.family sdxl" in p
+               for p in raised.value.problems)  # fmt: skip

@@ -35,6 +35,8 @@ _LIMITS: dict[str, dict[str, tuple]] = {
         "network.type": ("lora", "locon"),
         # SDXL conditions on the penultimate layer of both encoders; kohya ignores clip_skip.
         "model.clip_skip": (1,),
+        # Pivotal tuning loads an SD 1.x embedding (one text encoder's token).
+        "train.init_embedding": (None,),
     },
 }
 

@@ -156,6 +156,7 @@ def _family_limit_problems(cfg: Any) -> list[str]:
         "train.mode": group_mode(cfg.train),
         "network.type": value(cfg.network, "type", None),
         "model.clip_skip": value(cfg.model, "clip_skip", 1),
+        "train.init_embedding": value(cfg.train, "init_embedding", None),
     }
     return family_limit_problems(value(cfg.model, "family", DEFAULT_FAMILY), values)
 
