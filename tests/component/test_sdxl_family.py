@@ -377,3 +377,27 @@ def test_resize_and_lora_merge_keep_sdxl_names_and_diffusers_reads_the_results(t
             pipe.load_lora_weights(dict(produced), adapter_name="tool")
         assert messages == []
         assert _max_diff(_outputs(fresh), ours) <= 1e-4
+
+
+def test_merging_an_sdxl_lora_into_an_sgm_checkpoint_bakes_in_what_training_computed(
+    tmp_path, capsys
+):
+    from trainer.tools.__main__ import main
+
+    c, net = _trained("locon")
+    ours = _outputs(c)
+    lora = tmp_path / "locon.safetensors"
+    save_lora(lora, net.kohya_state_dict(), {"ss_network_module": "networks.lora"})
+    base = save_sgm_file(build_tiny_sdxl_components(seed=0), tmp_path / "base.safetensors")
+    merged = tmp_path / "merged.safetensors"
+    common = ["--family", "sdxl", "--config", "tiny_sdxl", "--cache-dir", str(tmp_path / "c"),
+              "--save-precision", "fp32"]  # fmt: skip
+    args = ["merge", "--base", str(base), "--models", str(lora), "--out", str(merged)]
+    assert main([*args, *common]) == 0
+    model = {"family": "sdxl", "path": str(merged), "single_file_config": "tiny_sdxl"}
+    loaded = load_model(model, tmp_path / "cache")
+    assert _max_diff(_outputs(loaded), ours) <= 1e-4
+    assert read_lora(merged)[1]["lorasweep_merged"] == f'{{"{lora}": 1.0}}'
+    extract = ["extract", "--base", str(base), "--tuned", str(merged), "--out", "x", "--dim", "2"]
+    assert main([*extract, *common]) == 2
+    assert "extract: --family sdxl is not supported yet; allowed: sd15" in capsys.readouterr().err

@@ -210,6 +210,17 @@ class ModelFamily(ABC):
         """A diffusers pipeline over ``components`` (shared modules), sampling with
         ``scheduler`` (default: the components' own)."""
 
+    def save_checkpoint(
+        self,
+        components: Any,
+        path: Path,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """Write ``components`` as the family's single-file checkpoint (the layout WebUI and
+        ComfyUI read); families without a writer say so."""
+        raise NotImplementedError(f"the {self.name} family has no single-file checkpoint writer")
+
     @abstractmethod
     def generation_inputs(
         self, positive: Conditioning, negative: Conditioning

@@ -246,6 +246,11 @@ class SDXLFamily(ModelFamily):
     def pipeline(self, components, scheduler=None):
         return components.to_pipeline(scheduler)
 
+    def save_checkpoint(self, components, path, dtype=None, metadata=None) -> Path:
+        from trainer.models.sgm_format import save_sgm_file
+
+        return save_sgm_file(components, path, dtype=dtype, metadata=metadata)
+
     def generation_inputs(
         self, positive: Conditioning, negative: Conditioning
     ) -> dict[str, torch.Tensor]:

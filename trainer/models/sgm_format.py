@@ -138,8 +138,14 @@ def sdxl_to_sgm_state_dict(components) -> dict[str, torch.Tensor]:
     }
 
 
-def save_sgm_file(components, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write SDXL ``components`` as one SGM ``.safetensors`` checkpoint (atomically)."""
+def save_sgm_file(
+    components,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write SDXL ``components`` as one SGM ``.safetensors`` checkpoint (atomically);
+    ``metadata`` goes into its header."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ConfigError(f"{path}: an SDXL single-file checkpoint is written as .safetensors")
@@ -150,5 +156,5 @@ def save_sgm_file(components, path: str | Path, dtype: torch.dtype | None = None
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous()
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file(state, str(tmp))
+        safetensors.torch.save_file(state, str(tmp), metadata=metadata)
     return path
