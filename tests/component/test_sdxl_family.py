@@ -401,3 +401,22 @@ def test_merging_an_sdxl_lora_into_an_sgm_checkpoint_bakes_in_what_training_comp
     extract = ["extract", "--base", str(base), "--tuned", str(merged), "--out", "x", "--dim", "2"]
     assert main([*extract, *common]) == 2
     assert "extract: --family sdxl is not supported yet; allowed: sd15" in capsys.readouterr().err
+
+
+def test_a_diffusers_sdxl_folder_and_a_separate_vae_load(tmp_path):
+    from trainer.models.ldm_format import save_diffusers_folder
+
+    folder = save_diffusers_folder(build_tiny_sdxl_components(seed=2), tmp_path / "folder")
+    vae_folder = tmp_path / "vae"
+    build_tiny_sdxl_components(seed=7).vae.save_pretrained(str(vae_folder))
+    model = {"family": "sdxl", "path": str(folder), "vae": str(vae_folder)}
+    loaded = load_model(model, tmp_path / "cache")
+    reference, other_vae = build_tiny_sdxl_components(seed=2), build_tiny_sdxl_components(seed=7)
+    for name, want in (
+        ("unet", reference.unet), ("text_encoder", reference.text_encoder),
+        ("text_encoder_2", reference.text_encoder_2), ("vae", other_vae.vae),
+    ):  # fmt: skip
+        got = getattr(loaded, name).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.state_dict().items()), name
+    assert loaded.tokenizer_2.pad_token == "!" and loaded.tokenizer.pad_token == "<|endoftext|>"
+    assert loaded.extra["vae_source"] == str(vae_folder)
