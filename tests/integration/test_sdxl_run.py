@@ -110,7 +110,7 @@ def _conditioning():
     ("override", "problem"),
     [
         ("train=dreambooth", "train.mode: 'dreambooth' is not allowed for model.family sdxl; "
-         "allowed: lora"),
+         "allowed: lora, textual_inversion"),
         ("network=loha", "network.type: 'loha' is not allowed for model.family sdxl; "
          "allowed: lora, locon"),
         ("model.clip_skip=2", "model.clip_skip: 2 is not allowed for model.family sdxl; "
@@ -152,3 +152,60 @@ def test_pivotal_tuning_is_refused_for_sdxl(compose, tmp_path):
         validate_run(compose(*SHORT, f"+train.init_embedding={embedding}"))
     assert any(p.startswith("train.init_embedding:") and "model.family sdxl" in p
                for p in raised.value.problems)  # fmt: skip
+
+
+def test_textual_inversion_learns_one_vector_per_encoder_that_diffusers_loads(compose):
+    from safetensors.torch import load_file
+
+    from trainer.families.base import Conditioning
+    from trainer.models.sdxl import build_tiny_sdxl_components
+
+    cfg = compose("model=tiny_sdxl", "train=textual_inversion", "train.max_train_steps=3",
+                  "train.batch_size=2", "train.save_every_n_epochs=1")  # fmt: skip
+    trained = build_tiny_sdxl_components()
+    result = train_from_config(cfg, components=trained)
+    path = result.saved[-1].path
+    tensors = load_file(path)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    assert shapes == {"clip_l": (1, 32), "clip_g": (1, 48)}  # one vector, each encoder's width
+    base = build_tiny_sdxl_components()
+    cat = [base.tokenizer("cat", add_special_tokens=False).input_ids[0]]
+    start_l = base.text_encoder.get_input_embeddings().weight[cat[0]]
+    start_g = base.text_encoder_2.get_input_embeddings().weight[cat[0]]
+    assert not torch.equal(tensors["clip_l"][0], start_l)  # moved off the init word
+    assert not torch.equal(tensors["clip_g"][0], start_g)
+
+    # diffusers reads the file (each tensor into its encoder); the prompt with the token then
+    # encodes as it did at the end of training.
+    pipe = base.to_pipeline()
+    token = "<chelsea-cat>"
+    pipe.load_textual_inversion(tensors["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)  # fmt: skip
+    pipe.load_textual_inversion(tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)  # fmt: skip
+    family = get_family("sdxl")
+    prompt = [f"a photo of {token}"]
+    with torch.no_grad():
+        ours: Conditioning = family.encode_prompts(trained, prompt, max_token_length=75,
+                                                   clip_skip=1)  # fmt: skip
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours.hidden_states, embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.extra["text_embeds"], pooled, rtol=0, atol=1e-5)
+    # Every other row of both embeddings is the base model's.
+    for name in ("text_encoder", "text_encoder_2"):
+        got = getattr(trained, name).get_input_embeddings().weight[:-1]
+        want = getattr(build_tiny_sdxl_components(), name).get_input_embeddings().weight
+        assert torch.equal(got, want)
+
+
+def test_sdxl_embeddings_are_safetensors_only(compose):
+    from trainer.errors import ConfigError
+    from trainer.validate import validate_run
+
+    with pytest.raises(ConfigError) as raised:
+        validate_run(compose("model=tiny_sdxl", "train=textual_inversion",
+                             "train.embedding_format=pt"))  # fmt: skip
+    assert (
+        "train.embedding_format: 'pt' is not allowed for model.family sdxl; allowed: safetensors"
+        in raised.value.problems
+    )

@@ -29,13 +29,15 @@ DEFAULT_FAMILY = "sd15"
 # Kept here, beside the registry, so that a config is checked before any model library loads.
 _LIMITS: dict[str, dict[str, tuple]] = {
     "sdxl": {
-        # DreamBooth and textual inversion save SD 1.x checkpoints and embeddings.
-        "train.mode": ("lora",),
+        # DreamBooth saves SD 1.x checkpoints (and fine-tunes one text encoder).
+        "train.mode": ("lora", "textual_inversion"),
+        # SDXL embeddings hold one tensor per encoder (clip_l, clip_g): .safetensors only.
+        "train.embedding_format": ("safetensors",),
         # The LyCORIS types name UNet modules by their diffusers paths, not SDXL's SGM paths.
         "network.type": ("lora", "locon"),
         # SDXL conditions on the penultimate layer of both encoders; kohya ignores clip_skip.
         "model.clip_skip": (1,),
-        # Pivotal tuning loads an SD 1.x embedding (one text encoder's token).
+        # Pivotal tuning and continued textual inversion read SD 1.x embeddings.
         "train.init_embedding": (None,),
     },
 }

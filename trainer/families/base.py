@@ -91,6 +91,9 @@ class ModelFamily(ABC):
     #: The modelspec architecture id of the base model (``modelspec.architecture`` of a LoRA
     #: file is this plus ``/lora``); None: the family's files carry no modelspec keys.
     modelspec_architecture: str | None = None
+    #: Textual-inversion file key of each text encoder when the family has several (SDXL:
+    #: ``clip_l`` / ``clip_g``); None: one encoder, WebUI's single-tensor format.
+    embedding_keys: Mapping[str, str] | None = None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -112,6 +115,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def text_encoders(self, components: Any) -> dict[str, nn.Module]:
         """Adaptable text encoders by component name (the keys of ``kohya_prefixes``)."""
+
+    def tokenizers(self, components: Any) -> dict[str, Any]:
+        """Each text encoder's tokenizer, by the same component names as ``text_encoders``."""
+        return {"text_encoder": components.tokenizer}
 
     # --- conditioning ----------------------------------------------------------------------
 

@@ -130,6 +130,8 @@ class SDXLFamily(ModelFamily):
         "text_encoder": "lora_te1",
         "text_encoder_2": "lora_te2",
     }
+    # The keys of SDXL embeddings as WebUI and ComfyUI read them.
+    embedding_keys = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
     native_geometry = BucketGeometry(
         resolution=1024, min_bucket_reso=512, max_bucket_reso=2048, bucket_reso_steps=64
     )
@@ -151,6 +153,9 @@ class SDXLFamily(ModelFamily):
             "text_encoder": components.text_encoder,
             "text_encoder_2": components.text_encoder_2,
         }
+
+    def tokenizers(self, components) -> dict[str, Any]:
+        return {"text_encoder": components.tokenizer, "text_encoder_2": components.tokenizer_2}
 
     def encode_prompts(
         self, components, prompts: Sequence[str], *, max_token_length: int, clip_skip: int

@@ -152,12 +152,15 @@ def _mode_settings(cfg: Any):
 
 def _family_limit_problems(cfg: Any) -> list[str]:
     """What the model family does not support (SDXL: LoRA / LoCon training only)."""
+    mode = group_mode(cfg.train)
     values = {
-        "train.mode": group_mode(cfg.train),
+        "train.mode": mode,
         "network.type": value(cfg.network, "type", None),
         "model.clip_skip": value(cfg.model, "clip_skip", 1),
         "train.init_embedding": value(cfg.train, "init_embedding", None),
     }
+    if mode == "textual_inversion":
+        values["train.embedding_format"] = value(cfg.train, "embedding_format", None)
     return family_limit_problems(value(cfg.model, "family", DEFAULT_FAMILY), values)
 
 
