@@ -211,7 +211,7 @@ def _not_an_adapter(path: Path, state_dict: Mapping[str, torch.Tensor]) -> str |
             f"{path} is a whole SD checkpoint (e.g. a DreamBooth save), not a LoRA; the "
             "harness evaluates adapters on base models: list it in eval.checkpoints instead"
         )
-    if set(state_dict) <= {"emb_params", "clip_l", "string_to_param"}:
+    if set(state_dict) <= {"emb_params", "clip_l", "clip_g", "string_to_param"}:
         return f"{path} is a textual-inversion embedding, not a LoRA; the harness cannot score it"
     return None
 
