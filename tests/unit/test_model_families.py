@@ -75,7 +75,8 @@ def test_every_model_config_names_its_family_and_the_settings_carry_it(path):
     # A required path (???) or one relative to the project (${paths.project_dir}/...) is
     # resolved by the composed config; alone, the family is what is read here.
     unresolved = OmegaConf.is_missing(cfg, "path") or OmegaConf.is_interpolation(cfg, "path")
-    overrides = {"path": "tiny"} if unresolved else {}
+    tiny = {"sd15": "tiny", "sdxl": "tiny_sdxl"}[cfg.family]  # a built-in of the same family
+    overrides = {"path": tiny} if unresolved else {}
     settings = read_model_settings(OmegaConf.merge(cfg, overrides))
     assert settings.family == cfg.family
 
@@ -98,3 +99,19 @@ def test_checking_a_family_name_imports_no_ml_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("path", "family", "built_in"),
+    [("tiny_sdxl", "sd15", "sdxl"), ("sdxl_shape", "sd15", "sdxl"), ("tiny", "sdxl", "sd15")],
+)
+def test_a_built_in_model_of_another_family_is_named_with_the_fix(path, family, built_in):
+    from trainer.models.loading import read_model_settings
+
+    with pytest.raises(ConfigError) as raised:
+        read_model_settings({"path": path, "family": family})
+    assert raised.value.problems == [
+        f"model.path: {path!r} is the built-in {built_in} model, but model.family is "
+        f"{family!r}; use model={path} (model.family: {built_in})"
+    ]
+    assert read_model_settings({"path": path, "family": built_in}).family == built_in
