@@ -222,9 +222,7 @@ def test_resize_and_lora_merge_keep_sdxl_names_and_diffusers_reads_the_results(t
         assert _max_diff(_outputs(fresh), ours) <= 1e-4
 
 
-def test_merging_an_sdxl_lora_into_an_sgm_checkpoint_bakes_in_what_training_computed(
-    tmp_path, capsys
-):
+def test_merging_an_sdxl_lora_into_an_sgm_checkpoint_bakes_in_what_training_computed(tmp_path):
     from trainer.tools.__main__ import main
 
     c, net = _trained("locon")
@@ -241,6 +239,29 @@ def test_merging_an_sdxl_lora_into_an_sgm_checkpoint_bakes_in_what_training_comp
     loaded = load_model(model, tmp_path / "cache")
     assert _max_diff(_outputs(loaded), ours) <= 1e-4
     assert read_lora(merged)[1]["lorasweep_merged"] == f'{{"{lora}": 1.0}}'
-    extract = ["extract", "--base", str(base), "--tuned", str(merged), "--out", "x", "--dim", "2"]
-    assert main([*extract, *common]) == 2
-    assert "extract: --family sdxl is not supported yet; allowed: sd15" in capsys.readouterr().err
+
+
+def test_extracting_from_two_sgm_checkpoints_gives_back_the_sdxl_lora(tmp_path):
+    """A LoRA merged into an SGM checkpoint is extracted again at its own rank (no clamping):
+    the same kohya SDXL modules, and the outputs training computed."""
+    from trainer.tools.__main__ import main
+
+    c, net = _trained("lora")
+    ours = _outputs(c)
+    lora = tmp_path / "lora.safetensors"
+    save_lora(lora, net.kohya_state_dict(), {"ss_network_module": "networks.lora"})
+    base = save_sgm_file(build_tiny_sdxl_components(seed=0), tmp_path / "base.safetensors")
+    merged, extracted = tmp_path / "merged.safetensors", tmp_path / "extracted.safetensors"
+    common = ["--family", "sdxl", "--config", "tiny_sdxl", "--cache-dir", str(tmp_path / "c"),
+              "--save-precision", "fp32"]  # fmt: skip
+    merge = ["merge", "--base", str(base), "--models", str(lora), "--out", str(merged)]
+    assert main([*merge, *common]) == 0
+    extract = ["extract", "--base", str(base), "--tuned", str(merged), "--out", str(extracted),
+               "--dim", "4", "--clamp-quantile", "1.0", "--min-diff", "0"]  # fmt: skip
+    assert main([*extract, *common]) == 0
+    state_dict, meta = read_lora(extracted)
+    assert {k.split(".")[0] for k in state_dict} == {k.split(".")[0] for k in read_lora(lora)[0]}
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    fresh = build_tiny_sdxl_components(seed=0)
+    fresh.to_pipeline().load_lora_weights(dict(state_dict), adapter_name="extracted")
+    assert _max_diff(_outputs(fresh), ours) <= 1e-4

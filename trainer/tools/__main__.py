@@ -29,7 +29,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family",
         default="sd15",
-        help="model family of the models: sd15 or sdxl (extract: sd15 only)",
+        help="model family of the models: sd15 or sdxl",
     )
     parser.add_argument(
         "--config",
@@ -101,14 +101,13 @@ def _load(path: str, args: argparse.Namespace):
 
 def _extract(args: argparse.Namespace) -> str:
     from trainer.device import SAVE_DTYPES
+    from trainer.families import family_of
     from trainer.networks.kohya_format import save_lora
-    from trainer.tools.common import ToolError
     from trainer.tools.extract import extract_lora
 
-    if args.family != "sd15":
-        raise ToolError(f"extract: --family {args.family} is not supported yet; allowed: sd15")
+    base = _load(args.base, args)
     state, metadata = extract_lora(
-        _load(args.base, args),
+        base,
         _load(args.tuned, args),
         args.dim,
         args.conv_dim,
@@ -118,6 +117,7 @@ def _extract(args: argparse.Namespace) -> str:
         device=args.device,
         base_name=args.base,
         tuned_name=args.tuned,
+        family=family_of(base),
     )
     save_lora(args.out, state, metadata)
     return f"extracted {len(state) // 3} modules to {args.out}"
