@@ -109,8 +109,6 @@ def _conditioning():
 @pytest.mark.parametrize(
     ("override", "problem"),
     [
-        ("train=dreambooth", "train.mode: 'dreambooth' is not allowed for model.family sdxl; "
-         "allowed: lora, textual_inversion"),
         ("network=loha", "network.type: 'loha' is not allowed for model.family sdxl; "
          "allowed: lora, locon"),
         ("model.clip_skip=2", "model.clip_skip: 2 is not allowed for model.family sdxl; "
@@ -209,3 +207,34 @@ def test_sdxl_embeddings_are_safetensors_only(compose):
         "train.embedding_format: 'pt' is not allowed for model.family sdxl; allowed: safetensors"
         in raised.value.problems
     )
+
+
+def test_dreambooth_fine_tunes_sdxl_and_saves_an_sgm_checkpoint_and_its_lora(compose, tmp_path):
+    from trainer.models.loading import load_model
+    from trainer.models.sdxl import build_tiny_sdxl_components
+
+    tuned = build_tiny_sdxl_components()
+    before = {n: {k: v.clone() for k, v in getattr(tuned, n).state_dict().items()}
+              for n in ("unet", "text_encoder", "text_encoder_2")}  # fmt: skip
+    cfg = compose(
+        "model=tiny_sdxl", "train=dreambooth", "train.max_train_steps=2", "train.batch_size=2",
+        "train.save_precision=float", "train.save_lora_dim=2", "train.prior_preservation=true",
+        "train.class_prompt=cat", "train.num_class_images=2", "train.class_sample_steps=2",
+        f"data.reg_dir={tmp_path / 'reg'}",
+    )  # fmt: skip
+    result = train_from_config(cfg, components=tuned)
+    assert len(list((tmp_path / "reg" / "1_cat").iterdir())) == 2  # made by the SDXL pipeline
+    for name, state in before.items():  # full fine-tuning of the UNet and both encoders
+        changed = {k for k, v in getattr(tuned, name).state_dict().items()
+                   if not torch.equal(v, state[k])}  # fmt: skip
+        assert any(k.endswith("self_attn.q_proj.weight") or "attn1.to_q" in k for k in changed)
+    checkpoint = result.saved[-1].path
+    model = {"family": "sdxl", "path": str(checkpoint), "single_file_config": "tiny_sdxl"}
+    loaded = load_model(model, tmp_path / "cache")
+    for name in before:
+        want = getattr(tuned, name).state_dict()
+        got = getattr(loaded, name).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    lora, meta = read_lora(checkpoint.with_name(f"{checkpoint.stem}-lora.safetensors"))
+    assert {k.split("_")[1] for k in lora} == {"unet", "te1", "te2"}
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"

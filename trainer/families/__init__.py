@@ -29,8 +29,8 @@ DEFAULT_FAMILY = "sd15"
 # Kept here, beside the registry, so that a config is checked before any model library loads.
 _LIMITS: dict[str, dict[str, tuple]] = {
     "sdxl": {
-        # DreamBooth saves SD 1.x checkpoints (and fine-tunes one text encoder).
-        "train.mode": ("lora", "textual_inversion"),
+        # SDXL trains LoRA / LoCon, DreamBooth (SGM checkpoints) and textual inversion.
+        "train.mode": ("lora", "dreambooth", "textual_inversion"),
         # SDXL embeddings hold one tensor per encoder (clip_l, clip_g): .safetensors only.
         "train.embedding_format": ("safetensors",),
         # The LyCORIS types name UNet modules by their diffusers paths, not SDXL's SGM paths.
