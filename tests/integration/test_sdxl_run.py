@@ -238,3 +238,20 @@ def test_dreambooth_fine_tunes_sdxl_and_saves_an_sgm_checkpoint_and_its_lora(com
     lora, meta = read_lora(checkpoint.with_name(f"{checkpoint.stem}-lora.safetensors"))
     assert {k.split("_")[1] for k in lora} == {"unet", "te1", "te2"}
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+@pytest.mark.parametrize(("category", "ranks"), [("A", (4, 8)), ("F", (64, 128)), ("I", (192, 256))])
+def test_a_category_sweep_on_sdxl_passes_the_sweeps_checks(compose, category, ranks):
+    """The guide's categories compose with model=sdxl's family; their rank ranges are the
+    guide's (no trainer documents per-category SDXL ranges)."""
+    from sweeper.checks import run_problems
+    from sweeper.search_config import build_search_space, read_settings
+    from trainer.validate import validate_run
+
+    cfg = compose(f"+category={category}", "model=tiny_sdxl")
+    spec = validate_run(cfg, extra_checks=[run_problems])
+    assert spec.model.family == "sdxl"
+    read_settings(cfg.search)
+    space = build_search_space(cfg.search, cfg, [], lambda name: None)
+    (dim,) = [p for p in space.params if p.key == "network.dim"]
+    assert (dim.low, dim.high) == ranks
