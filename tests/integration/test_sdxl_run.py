@@ -240,7 +240,9 @@ def test_dreambooth_fine_tunes_sdxl_and_saves_an_sgm_checkpoint_and_its_lora(com
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
 
 
-@pytest.mark.parametrize(("category", "ranks"), [("A", (4, 8)), ("F", (64, 128)), ("I", (192, 256))])
+@pytest.mark.parametrize(
+    ("category", "ranks"), [("A", (4, 8)), ("F", (64, 128)), ("I", (192, 256))]
+)
 def test_a_category_sweep_on_sdxl_passes_the_sweeps_checks(compose, category, ranks):
     """The guide's categories compose with model=sdxl's family; their rank ranges are the
     guide's (no trainer documents per-category SDXL ranges)."""
