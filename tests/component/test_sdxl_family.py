@@ -191,3 +191,30 @@ def test_a_diffusers_sdxl_folder_and_a_separate_vae_load(tmp_path):
         assert all(torch.equal(got[k], v) for k, v in want.state_dict().items()), name
     assert loaded.tokenizer_2.pad_token == "!" and loaded.tokenizer.pad_token == "<|endoftext|>"
     assert loaded.extra["vae_source"] == str(vae_folder)
+
+
+def test_long_prompts_are_chunked_as_kohya_chunks_them_for_each_tokenizer():
+    from trainer.families.sdxl import _tokenize
+    from trainer.models.text_encoding import tokenize_prompts
+
+    c = build_tiny_sdxl_components()
+    bos, eos, pad = 49406, 49407, 0
+    short, long = "a photo of a cat", " ".join(["cat"] * 100)
+    # CLIP ViT-L pads with EOS: SD 1.x's chunks.
+    for prompt in (short, long):
+        assert torch.equal(
+            _tokenize(c.tokenizer, [prompt], 225), tokenize_prompts(c.tokenizer, [prompt], 225)
+        )
+    # OpenCLIP pads with "!": a short prompt's first chunk is the plain 77-token encoding, the
+    # others <BOS> <EOS> ! ! ...
+    ids = _tokenize(c.tokenizer_2, [short], 225)[0]
+    plain = c.tokenizer_2(short, padding="max_length", max_length=77).input_ids
+    assert ids.shape == (3, 77) and ids[0].tolist() == plain and plain[-1] == pad
+    assert ids[1].tolist() == ids[2].tolist() == [bos, eos] + [pad] * 75
+    # 100 words: chunk 1 ends on a word, so its last id is EOS; chunk 2 holds 25 words, EOS,
+    # padding; chunk 3 is padding only.
+    ids = _tokenize(c.tokenizer_2, [long], 225)[0]
+    (cat_id,) = c.tokenizer_2("cat", add_special_tokens=False).input_ids
+    assert ids[0].tolist() == [bos] + [cat_id] * 75 + [eos]
+    assert ids[1].tolist() == [bos] + [cat_id] * 25 + [eos] + [pad] * 50
+    assert ids[2].tolist() == [bos, eos] + [pad] * 75

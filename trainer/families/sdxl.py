@@ -95,16 +95,30 @@ def time_ids(
 
 
 def _tokenize(tokenizer, prompts: list[str], max_token_length: int) -> torch.Tensor:
-    """``[B, n, 77]``; one chunk is the tokenizer's own padded encoding (the second tokenizer
-    pads with ``!``, so its last position is not forced to EOS), longer prompts are chunked
-    as for SD 1.x (``text_encoding.tokenize_prompts``)."""
+    """``[B, n, 77]`` ids, as kohya's ``strategy_base._get_input_ids`` makes them.
+
+    One chunk is the tokenizer's own padded encoding. Longer prompts: a tokenizer that pads
+    with EOS (CLIP ViT-L's) is chunked as for SD 1.x (``text_encoding.tokenize_prompts``);
+    one that pads with another token (OpenCLIP's ``!``) gets ``BOS + 75 ids + the sequence's
+    last id`` per chunk, whose last id becomes EOS after a word, and whose first id becomes
+    EOS when the chunk is only padding."""
+    if max_token_length != CHUNK and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        return tokenize_prompts(tokenizer, prompts, max_token_length)
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=max_token_length + 2, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
     if max_token_length == CHUNK:
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=CHUNK + 2, truncation=True,
-            return_tensors="pt",
-        ).input_ids  # fmt: skip
         return ids[:, None]
-    return tokenize_prompts(tokenizer, prompts, max_token_length)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    chunks = []
+    for start in range(1, max_token_length + 1, CHUNK):
+        chunk = torch.cat([ids[:, :1], ids[:, start : start + CHUNK], ids[:, -1:]], dim=1)
+        after_word = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+        chunk[after_word, -1] = eos
+        chunk[chunk[:, 1] == pad, 1] = eos
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1)
 
 
 def _encode(text_encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
