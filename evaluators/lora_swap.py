@@ -178,9 +178,11 @@ class _LycorisAdapter:
             from trainer.networks.lycoris_load import load_lycoris_state_dict
         except ImportError as error:
             raise BackendMissingError("evaluating LyCORIS files", "lycoris-lora") from error
+        family = family_of(components)
         self.network = load_lycoris_state_dict(
-            state_dict, components.unet, components.text_encoder, 1.0, source=source
-        )
+            state_dict, components.unet, family.text_encoders(components), 1.0, source=source,
+            family=family,
+        )  # fmt: skip
         self.network.to(dtype=components.unet.dtype)
         self.parts = tuple(
             part

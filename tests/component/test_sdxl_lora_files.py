@@ -265,3 +265,55 @@ def test_extracting_from_two_sgm_checkpoints_gives_back_the_sdxl_lora(tmp_path):
     fresh = build_tiny_sdxl_components(seed=0)
     fresh.to_pipeline().load_lora_weights(dict(state_dict), adapter_name="extracted")
     assert _max_diff(_outputs(fresh), ours) <= 1e-4
+
+
+LYCORIS = {
+    "loha": dict(type="loha", dim=4, alpha=2, conv_dim=2, conv_alpha=1, **COMMON),
+    "lokr": dict(type="lokr", dim=2, alpha=2, factor=4, conv_dim=None, conv_alpha=None,
+                 **COMMON),
+    "ia3": dict(type="ia3", dim=None, alpha=None, conv_dim=None, conv_alpha=None, **COMMON),
+    "dora": dict(type="dora", dim=4, alpha=2, conv_dim=2, conv_alpha=2, **COMMON),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("net_type", list(LYCORIS))
+def test_lycoris_files_name_sdxl_modules_as_kohya_and_evaluate_as_trained(net_type, tmp_path):
+    """LyCORIS types on SDXL: UNet modules under their SGM names, ``lora_te1_`` /
+    ``lora_te2_``; the evaluator's LyCORIS loader computes what training computed."""
+    c = build_tiny_sdxl_components(seed=0)
+    family = family_of(c)
+    net = build_network(c.unet, family.text_encoders(c), LYCORIS[net_type], family)
+    params = net.unet_parameters() + net.text_encoder_parameters()
+    optimizer = torch.optim.AdamW(params, lr=0.05, weight_decay=0.0)
+    cond = family.encode_prompts(c, PROMPT * 2, max_token_length=75, clip_skip=1)
+    cond = family.condition_batch(
+        c, cond, {"original_sizes": [(64, 64)] * 2, "target_sizes": [(64, 64)] * 2,
+                  "flips": [False, False]},
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    latents, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700])
+    target = torch.randn(latents.shape, generator=g)
+    F.mse_loss(family.predict(c.unet, latents, t, cond), target).backward()
+    optimizer.step()
+    ours = _outputs(c)
+    path = tmp_path / f"{net_type}.safetensors"
+    save_lora(path, net.kohya_state_dict(), {"ss_network_module": "lycoris.kohya"})
+    state_dict, _ = read_lora(path)
+    modules = {k.split(".")[0] for k in state_dict}
+    assert {m.split("_")[1] for m in modules} == {"unet", "te1", "te2"}
+    assert not any(m.startswith("lora_unet_down_blocks") for m in modules)  # SGM names only
+    attention = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k"
+    assert attention in modules
+    base = build_tiny_sdxl_components(seed=0)
+    before = _outputs(base)
+    slot = slot_for(base)
+    slot.load(path)
+    assert _max_diff(_outputs(base), ours) <= 1e-4
+    slot.set_strength(0.0, 0.0)
+    assert _max_diff(_outputs(base), before) <= TOLERANCE
+    slot.unload()
+    # The file loads back into a fresh network of its type (resuming, max-norm checks).
+    fresh = build_tiny_sdxl_components(seed=0)
+    again = build_network(fresh.unet, family.text_encoders(fresh), LYCORIS[net_type], family)
+    again.load_kohya_state_dict(state_dict, str(path))
+    assert _max_diff(_outputs(fresh), ours) <= 1e-4

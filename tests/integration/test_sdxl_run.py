@@ -109,8 +109,6 @@ def _conditioning():
 @pytest.mark.parametrize(
     ("override", "problem"),
     [
-        ("network=loha", "network.type: 'loha' is not allowed for model.family sdxl; "
-         "allowed: lora, locon"),
         ("model.clip_skip=2", "model.clip_skip: 2 is not allowed for model.family sdxl; "
          "allowed: 1"),
     ],

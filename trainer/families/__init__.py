@@ -33,8 +33,6 @@ _LIMITS: dict[str, dict[str, tuple]] = {
         "train.mode": ("lora", "dreambooth", "textual_inversion"),
         # SDXL embeddings hold one tensor per encoder (clip_l, clip_g): .safetensors only.
         "train.embedding_format": ("safetensors",),
-        # The LyCORIS types name UNet modules by their diffusers paths, not SDXL's SGM paths.
-        "network.type": ("lora", "locon"),
         # SDXL conditions on the penultimate layer of both encoders; kohya ignores clip_skip.
         "model.clip_skip": (1,),
         # Pivotal tuning and continued textual inversion read SD 1.x embeddings.

@@ -255,10 +255,10 @@ class SDXLFamily(ModelFamily):
         return f"{prefix}_{module_path.replace('.', '_')}"
 
     def lycoris_preset(self, preset: str) -> dict:
-        raise ConfigError(
-            "network.type: the LyCORIS types are not available for model.family sdxl yet; "
-            "allowed: lora, locon"
-        )
+        # SDXL's diffusers UNet and CLIP encoders have SD 1.x's block classes.
+        from trainer.networks.lycoris_net import PRESETS
+
+        return PRESETS[preset]
 
     # --- generation ------------------------------------------------------------------------
 

@@ -65,10 +65,6 @@ def build_network(
         from trainer.networks.lora import apply_lora
 
         return apply_lora(unet, text_encoder, spec, family)
-    if family is not None:
-        family.lycoris_preset(spec.preset)  # a family without LyCORIS support says so here
-    if not isinstance(text_encoder, nn.Module):
-        (text_encoder,) = text_encoder.values()  # LyCORIS is built on one text encoder
     # Imported here: lycoris-lora is only needed by the LyCORIS types.
     from trainer.networks.lycoris_net import build_lycoris
 

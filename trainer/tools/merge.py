@@ -80,12 +80,13 @@ def _merge_kohya(lora: LoraInput, layers: Mapping[str, nn.Module]) -> int:
     return len(names)
 
 
-def _merge_lycoris(lora: LoraInput, unet: nn.Module, text_encoder: nn.Module) -> int:
+def _merge_lycoris(lora: LoraInput, unet: nn.Module, text_encoders, family) -> int:
     from trainer.networks.lycoris_load import load_lycoris_state_dict
 
     network = load_lycoris_state_dict(
-        lora.state_dict, unet, text_encoder, multiplier=lora.ratio, source=lora.name
-    )
+        lora.state_dict, unet, text_encoders, multiplier=lora.ratio, source=lora.name,
+        family=family,
+    )  # fmt: skip
     modules = network.unet_loras + network.text_encoder_loras
     with torch.no_grad():
         for module in modules:
@@ -105,7 +106,7 @@ def merge_into_model(
     ``text_encoder``: one module, or the family's text encoders by component name;
     ``family`` (default SD 1.x) names the layers as its files do (SDXL: SGM paths,
     ``lora_te1_`` / ``lora_te2_``). Any type that ``detect_network_type`` names can be merged
-    into SD 1.x; kohya LoRA / LoCon files into any family. Returns {name: modules merged}.
+    (LyCORIS files through LyCORIS' modules). Returns {name: modules merged}.
     Raises ``ToolError`` for an unknown type, ``ModelLoadError`` for a LoRA whose modules do
     not fit the model.
     """
@@ -120,13 +121,12 @@ def merge_into_model(
         net_type = detect_network_type(lora.state_dict)
         if net_type in _LORA_FAMILY:
             merged[lora.name] = _merge_kohya(lora, layers)
-        elif net_type in _LYCORIS and list(text_encoders) == ["text_encoder"]:
-            merged[lora.name] = _merge_lycoris(lora, unet, text_encoders["text_encoder"])
+        elif net_type in _LYCORIS:
+            merged[lora.name] = _merge_lycoris(lora, unet, text_encoders, family)
         else:
-            mergeable = _LORA_FAMILY + (_LYCORIS if len(text_encoders) == 1 else ())
             raise ToolError(
-                f"{lora.name}: cannot merge a network of type {net_type!r} into a "
-                f"{family.name} model; mergeable: {', '.join(mergeable)}"
+                f"{lora.name}: cannot merge a network of type {net_type!r}; mergeable: "
+                f"{', '.join(_LORA_FAMILY + _LYCORIS)}"
             )
     return merged
 
