@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="P1: our loop vs the reference loop (images/s, MFU)")
     _common(train)
-    train.add_argument("--model", default="tiny", choices=["tiny", "sd15_shape"])
+    train.add_argument(
+        "--model", default="tiny", choices=["tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape"]
+    )
     train.add_argument("--resolution", type=int, default=None, help="default: the model's")
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--rank", type=int, default=32)
@@ -215,7 +217,8 @@ def _train(args, command: str):
     )
     if args.smoke:
         opts = TrainBenchOptions(
-            model="tiny",
+            # The tiny model of the requested family (SDXL's for tiny_sdxl / sdxl_shape).
+            model="tiny_sdxl" if "sdxl" in args.model else "tiny",
             resolution=64,
             batch=2,
             rank=4,

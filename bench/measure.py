@@ -139,6 +139,16 @@ def unet_step_flops(
     channels = unet.config.in_channels
     hidden = unet.config.cross_attention_dim
 
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size numbers
+        pooled = unet.config.projection_class_embeddings_input_dim - (
+            6 * unet.config.addition_time_embed_dim
+        )
+        added = {
+            "text_embeds": torch.zeros(batch, pooled, device=device, dtype=dtype),
+            "time_ids": torch.zeros(batch, 6, device=device, dtype=dtype),
+        }
+
     def step():
         x = torch.randn(batch, channels, *latent_hw, device=device, dtype=dtype)
         t = torch.zeros(batch, dtype=torch.long, device=device)
@@ -147,7 +157,7 @@ def unet_step_flops(
         else:
             ids = torch.zeros(batch, text_len, dtype=torch.long, device=device)
             h = text_encoder(ids)[0]
-        out = unet(x, t, h).sample
+        out = unet(x, t, h, added_cond_kwargs=added).sample
         out.float().pow(2).mean().backward()
 
     return count_flops(step)

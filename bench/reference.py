@@ -13,6 +13,11 @@ does per step, so that "ours vs reference" measures our loop against the common 
   noise, backward, gradient clipping at 1.0, optimizer and scheduler step, and the loss read
   back to the host (``.item()``, as the example logs ``train_loss`` every step).
 
+For SDXL (``tiny_sdxl``, ``sdxl_shape``) the step is diffusers' SDXL LoRA example's: both
+text encoders run on the batch's ids, their penultimate hidden states concatenated, the second
+encoder's pooled projection and the size numbers (square, uncropped: original = target = the
+image size) as ``added_cond_kwargs``.
+
 One difference, stated in every result: latents are precomputed once (the example encodes
 every batch with the VAE), as ours are, so the comparison is of the training loops alone.
 """
@@ -41,15 +46,22 @@ class ReferenceSettings:
     targets: tuple[str, ...] = EXAMPLE_TARGETS
 
 
+def _text_encoders(components) -> list:
+    """SD 1.x's text encoder, or SDXL's two (CLIP ViT-L, OpenCLIP ViT-bigG)."""
+    second = getattr(components, "text_encoder_2", None)
+    return [components.text_encoder] + ([second] if second is not None else [])
+
+
 def prepare_reference(components, device: torch.device, settings: ReferenceSettings):
-    """Move, cast and adapt the modules as the example does; returns (unet, text_encoder,
+    """Move, cast and adapt the modules as the example does; returns (unet, text encoders,
     trainable parameters, weight dtype)."""
     weight_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    unet, text_encoder = components.unet, components.text_encoder
-    for module in (unet, text_encoder, components.vae):
+    unet, text_encoders = components.unet, _text_encoders(components)
+    for module in (unet, *text_encoders, components.vae):
         module.requires_grad_(False)
     unet.to(device, dtype=weight_dtype)
-    text_encoder.to(device, dtype=weight_dtype)
+    for text_encoder in text_encoders:
+        text_encoder.to(device, dtype=weight_dtype)
     torch.manual_seed(settings.seed)
     unet.add_adapter(
         LoraConfig(
@@ -62,20 +74,39 @@ def prepare_reference(components, device: torch.device, settings: ReferenceSetti
     trainable = [p for p in unet.parameters() if p.requires_grad]
     for param in trainable:  # fp32 master weights for the adapters
         param.data = param.data.float()
-    return unet, text_encoder, trainable, weight_dtype
+    return unet, text_encoders, trainable, weight_dtype
+
+
+def _conditioning(text_encoders, ids, latents: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+    """(encoder hidden states, added_cond_kwargs or None) of one batch, as the examples
+    compute them: SD 1.x's last hidden state; SDXL's penultimate states of both encoders, the
+    pooled projection and the size numbers."""
+    if len(text_encoders) == 1:
+        return text_encoders[0](ids, return_dict=False)[0], None
+    states, pooled = [], None
+    for text_encoder, batch_ids in zip(text_encoders, ids, strict=True):
+        out = text_encoder(batch_ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = getattr(out, "text_embeds", pooled)
+    h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=latents.device, dtype=latents.dtype)
+    added = {"text_embeds": pooled, "time_ids": time_ids.repeat(latents.shape[0], 1)}
+    return torch.cat(states, dim=-1), added
 
 
 def reference_training(
     components,
     latents: torch.Tensor,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | dict[str, torch.Tensor],
     device: torch.device,
     settings: ReferenceSettings,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> float:
     """Train for ``settings.steps`` steps; ``latents`` [N, 4, h, w] (scaled, CPU) and
-    ``input_ids`` [N, 77] (CPU) are sampled in shuffled batches. Returns the last loss."""
-    unet, text_encoder, trainable, weight_dtype = prepare_reference(components, device, settings)
+    ``input_ids`` [N, 77] (CPU; SDXL: one per text encoder, by name) are sampled in shuffled
+    batches. Returns the last loss."""
+    unet, text_encoders, trainable, weight_dtype = prepare_reference(components, device, settings)
+    id_sets = list(input_ids.values()) if isinstance(input_ids, dict) else [input_ids]
     scheduler = components.noise_scheduler
     optimizer = torch.optim.AdamW(
         trainable, lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
@@ -91,15 +122,20 @@ def reference_training(
             order += torch.randperm(latents.shape[0], generator=generator).tolist()
         picked, order = order[: settings.batch_size], order[settings.batch_size :]
         batch_latents = latents[picked].to(device).to(weight_dtype)
-        batch_ids = input_ids[picked].to(device)
+        batch_ids = [ids[picked].to(device) for ids in id_sets]
         noise = torch.randn_like(batch_latents)
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (len(picked),), device=device
         ).long()
         noisy = scheduler.add_noise(batch_latents, noise, timesteps)
-        encoder_hidden_states = text_encoder(batch_ids, return_dict=False)[0]
+        encoder_hidden_states, added = _conditioning(
+            text_encoders, batch_ids if len(batch_ids) > 1 else batch_ids[0], batch_latents
+        )
         with autocast:
-            prediction = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+            prediction = unet(
+                noisy, timesteps, encoder_hidden_states, added_cond_kwargs=added,
+                return_dict=False,
+            )[0]  # fmt: skip
         loss = F.mse_loss(prediction.float(), noise.float(), reduction="mean")
         train_loss = loss.detach().item()
         loss.backward()

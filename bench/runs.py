@@ -17,7 +17,7 @@ from trainer.models.components import SDComponents
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_DIR / "conf"
-MODELS = ("tiny", "sd15_shape")
+MODELS = ("tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape")
 
 
 def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
@@ -33,7 +33,8 @@ def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> Dict
 
 
 def build_components(model: str, device: torch.device, seed: int = 0) -> SDComponents:
-    """A fresh base model (random weights); sd15_shape is initialised on ``device`` directly."""
+    """A fresh base model (random weights); the ``*_shape`` models are initialised on
+    ``device`` directly. SDXL models (``tiny_sdxl``, ``sdxl_shape``) are ``SDXLComponents``."""
     if model == "tiny":
         from trainer.models.tiny import build_tiny_components
 
@@ -45,6 +46,17 @@ def build_components(model: str, device: torch.device, seed: int = 0) -> SDCompo
         from trainer.models.sd15_shape import build_sd15_shape_components
 
         return build_sd15_shape_components(seed, device=device)
+    if model == "tiny_sdxl":
+        from trainer.models.sdxl import build_tiny_sdxl_components
+
+        if device.type == "meta":
+            with device:
+                return build_tiny_sdxl_components(seed)
+        return build_tiny_sdxl_components(seed)
+    if model == "sdxl_shape":
+        from trainer.models.sdxl import build_sdxl_shape_components
+
+        return build_sdxl_shape_components(seed, device=device)
     raise ValueError(f"--model: {model!r} is not allowed; allowed: {', '.join(MODELS)}")
 
 

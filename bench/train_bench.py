@@ -24,12 +24,13 @@ from bench.report import Block, device_description
 from bench.runs import build_components, compose_run, meta_components, release
 from trainer.data.images import load_rgb, to_tensor
 from trainer.device import resolve_device
+from trainer.families import family_of
 from trainer.loop.callbacks import TrainingCallback
 from trainer.models.text_encoding import tokenize_prompts
 
 log = logging.getLogger(__name__)
 
-NATIVE = {"tiny": 64, "sd15_shape": 512}
+NATIVE = {"tiny": 64, "sd15_shape": 512, "tiny_sdxl": 64, "sdxl_shape": 1024}
 COLUMNS = [
     "variant",
     "images/s",
@@ -161,12 +162,38 @@ def flops_ours(opts: TrainBenchOptions, device: torch.device, work: Path) -> flo
 
     cfg = _ours_cfg(opts, device, work)
     meta = meta_components(opts.model)
-    for module in (meta.unet, meta.text_encoder):
-        module.requires_grad_(False)
-    build_network(meta.unet, meta.text_encoder, cfg.network)
+    family, encoders = _frozen(meta)
+    build_network(meta.unet, encoders, cfg.network, family)
     te = meta.text_encoder if cfg.network.train_text_encoder else None
+    if te is not None and len(encoders) > 1:
+        raise ValueError(
+            "bench train: FLOPs of trained SDXL text encoders are not counted; keep "
+            "network.train_text_encoder=false (the default here)"
+        )
     latent = opts.size // 8
     return measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77, te) / opts.batch
+
+
+def _frozen(meta):
+    """(family, text encoders by name) of ``meta`` components, every module frozen."""
+    family = family_of(meta)
+    encoders = family.text_encoders(meta)
+    for module in (meta.unet, *encoders.values()):
+        module.requires_grad_(False)
+    return family, encoders
+
+
+def _token_ids(components, texts: list[str]) -> torch.Tensor | dict[str, torch.Tensor]:
+    """``[N, 77]`` ids, or (several encoders, SDXL) ids by encoder: each tokenizer's own
+    padded encoding, as the SDXL example tokenizes."""
+    tokenizers = family_of(components).tokenizers(components)
+    if len(tokenizers) == 1:
+        return tokenize_prompts(components.tokenizer, texts)[:, 0]
+    return {
+        name: tok(texts, padding="max_length", max_length=77, truncation=True,
+                  return_tensors="pt").input_ids
+        for name, tok in tokenizers.items()
+    }  # fmt: skip
 
 
 def encoded_latents(components, data_dir: Path, device: torch.device) -> torch.Tensor:
@@ -184,7 +211,7 @@ def encoded_latents(components, data_dir: Path, device: torch.device) -> torch.T
 def time_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -> Timing:
     components = build_components(opts.model, device)
     latents = encoded_latents(components, work / "data", device)
-    ids = tokenize_prompts(components.tokenizer, captions(opts.images))[:, 0]
+    ids = _token_ids(components, captions(opts.images))
     components.vae.to("cpu")
     release(device)
     timer = measure.StepTimer(device)
@@ -213,9 +240,8 @@ def reference_targets(opts: TrainBenchOptions, device: torch.device, work: Path)
     from trainer.networks.factory import build_network
 
     meta = meta_components(opts.model)
-    for module in (meta.unet, meta.text_encoder):
-        module.requires_grad_(False)
-    network = build_network(meta.unet, meta.text_encoder, _ours_cfg(opts, device, work).network)
+    family, encoders = _frozen(meta)
+    network = build_network(meta.unet, encoders, _ours_cfg(opts, device, work).network, family)
     paths = tuple(m.path for m in getattr(network, "modules", []) if m.component == "unet")
     if not paths:
         raise ValueError("--ref-targets ours needs network.type lora or locon")
@@ -233,7 +259,8 @@ def flops_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -
     meta.unet.add_adapter(LoraConfig(r=opts.rank, lora_alpha=opts.rank, target_modules=targets))
     latent = opts.size // 8
     flops = measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77)
-    flops += measure.text_encoder_flops(meta.text_encoder, opts.batch)
+    for encoder in family_of(meta).text_encoders(meta).values():  # SDXL: both, every step
+        flops += measure.text_encoder_flops(encoder, opts.batch)
     return flops / opts.batch
 
 
@@ -279,9 +306,9 @@ def train_bench(opts: TrainBenchOptions, command: str) -> Block:
     reference = next((m for m in measured if m.variant == "reference"), None)
     for m in measured:
         fps = m.flops_per_image * m.images_per_second
-        issue_mfu = (
+        issue_mfu = (  # the issue's figure is for SD 1.5 at 512 px
             measure.mfu(measure.ISSUE_TFLOP_PER_IMAGE_512 * 1e12 * m.images_per_second, peak)
-            if opts.size == 512
+            if opts.size == 512 and opts.model in ("tiny", "sd15_shape")
             else None
         )
         block.add_row(

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from evaluators.generate import SamplingOptions, generate, make_encoder
+from evaluators.generate import SamplingOptions, generate, make_conditioner, make_encoder
 from evaluators.lora_swap import slot_for
 from evaluators.model_cache import ModelPool
 from evaluators.objective import diagnose, objective_terms
@@ -260,6 +260,7 @@ class Harness:
         )
         options = self.sampling_options(checkpoint)
         encode = make_encoder(components, options.max_token_length, options.clip_skip)
+        condition = make_conditioner(components, options.max_token_length, options.clip_skip)
         scorers = self.scorers()
         needs_images = any(s.needs_generation for s in scorers)
         items = self.items() if needs_images else []
@@ -276,6 +277,7 @@ class Harness:
                     prompts=[item.prompt for item in items],
                     components=components,
                     encode=encode,
+                    condition=condition,
                     context={"checkpoint": checkpoint.label, "unet": u, "te": t},
                 )
                 cell: dict[str, float] = {}

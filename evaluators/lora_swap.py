@@ -67,7 +67,8 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
     """
     index: dict[str, ModuleShape] = {}
     family = family_of(components)
-    for component, model in (("unet", components.unet), ("text_encoder", components.text_encoder)):
+    models = {"unet": components.unet, **family.text_encoders(components)}
+    for component, model in models.items():
         for path, module in model.named_modules():
             parts = path.split(".")
             if any(p.startswith("lora_") for p in parts):
@@ -155,8 +156,9 @@ class _PeftAdapter:
         self.parts = tuple(c for c, names in adapters.items() if ADAPTER in names)
 
     def set_strength(self, unet: float, text_encoder: float) -> None:
-        wanted = {"unet": float(unet), "text_encoder": float(text_encoder)}
-        self.pipeline.set_adapters([ADAPTER], [{p: wanted[p] for p in self.parts}])
+        # Every text encoder (SDXL's two) takes the text-encoder strength.
+        wanted = {p: float(unet if p == "unet" else text_encoder) for p in self.parts}
+        self.pipeline.set_adapters([ADAPTER], [wanted])
 
     def remove(self) -> None:
         # Unloading (not just deleting the adapter) puts the original layers back, so that the
@@ -176,9 +178,11 @@ class _LycorisAdapter:
             from trainer.networks.lycoris_load import load_lycoris_state_dict
         except ImportError as error:
             raise BackendMissingError("evaluating LyCORIS files", "lycoris-lora") from error
+        family = family_of(components)
         self.network = load_lycoris_state_dict(
-            state_dict, components.unet, components.text_encoder, 1.0, source=source
-        )
+            state_dict, components.unet, family.text_encoders(components), 1.0, source=source,
+            family=family,
+        )  # fmt: skip
         self.network.to(dtype=components.unet.dtype)
         self.parts = tuple(
             part
@@ -209,7 +213,7 @@ def _not_an_adapter(path: Path, state_dict: Mapping[str, torch.Tensor]) -> str |
             f"{path} is a whole SD checkpoint (e.g. a DreamBooth save), not a LoRA; the "
             "harness evaluates adapters on base models: list it in eval.checkpoints instead"
         )
-    if set(state_dict) <= {"emb_params", "clip_l", "string_to_param"}:
+    if set(state_dict) <= {"emb_params", "clip_l", "clip_g", "string_to_param"}:
         return f"{path} is a textual-inversion embedding, not a LoRA; the harness cannot score it"
     return None
 

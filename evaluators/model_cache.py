@@ -95,6 +95,7 @@ class ModelPool:
         """
         import torch
 
+        from trainer.families import family_of
         from trainer.logs import route_library_logs
         from trainer.models.loading import load_model
 
@@ -107,7 +108,8 @@ class ModelPool:
             log.info("loading base model %s", key)
             route_library_logs()  # the model libraries are imported by now
             components = load_model(model_cfg, cache_dir)
-            for module in (components.unet, components.vae, components.text_encoder):
+            text_encoders = family_of(components).text_encoders(components).values()
+            for module in (components.unet, components.vae, *text_encoders):
                 module.requires_grad_(False)
                 if next(module.parameters()).dtype != dtype:
                     module.to(dtype=dtype)

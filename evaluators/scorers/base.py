@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from trainer.families.base import Conditioning
 from trainer.models.components import SDComponents
 
 
@@ -31,6 +32,9 @@ class ScoreInputs:
     """The base model with the LoRA active at the current strength (validation loss)."""
     encode: Callable[[list[str]], torch.Tensor] | None = None
     """Prompt encoder with the training's max_token_length and clip_skip (validation loss)."""
+    condition: Callable[[list[str]], Conditioning] | None = None
+    """The same prompts' whole conditioning (the family's ``encode_prompts``: SDXL's pooled
+    embedding too); the validation loss prefers it to ``encode``."""
     context: dict = field(default_factory=dict)
     """Labels of this evaluation (checkpoint, strengths), for messages."""
 

@@ -57,6 +57,7 @@ class ValLossScorer:
         trial encodes them); default: this scorer's own."""
         if not images or len(images) != len(captions):
             raise ValueError("validation loss needs images, one caption each")
+        self.size = (int(size[0]), int(size[1]))
         self.pixels = torch.stack([to_tensor(_fit(im, *size)) for im in images])
         self._digest = hashlib.sha256(self.pixels.numpy().tobytes()).hexdigest()
         self.captions = list(captions)
@@ -101,7 +102,7 @@ class ValLossScorer:
     @torch.no_grad()
     def score(self, inputs: ScoreInputs) -> dict[str, float]:
         components, encode = inputs.components, inputs.encode
-        if components is None or encode is None:
+        if components is None or (encode is None and inputs.condition is None):
             raise ValueError("validation loss needs the model and the prompt encoder")
         family = family_of(components)  # the noise, target and forward of training
         unet = family.denoiser(components)
@@ -109,7 +110,17 @@ class ValLossScorer:
         device, dtype = unet.device, unet.dtype
         latents = self.latents(components.vae)
         noise = self.noise(latents.shape)
-        conditioning = Conditioning(encode(self.captions).to(device, dtype))
+        if inputs.condition is not None:
+            conditioning = inputs.condition(self.captions)
+        else:
+            conditioning = Conditioning(encode(self.captions))
+        # Size conditioning (SDXL's time ids) as training gives it: each image is its own
+        # size, uncropped and unflipped (the scorer's images are fitted to ``size``).
+        n = len(self.captions)
+        sizes = {"original_sizes": [self.size] * n, "target_sizes": [self.size] * n}
+        conditioning = family.condition_batch(
+            components, conditioning, {**sizes, "flips": [False] * n}
+        ).to(device, dtype)
         losses = []
         for i, t in enumerate(self.timesteps):
             steps = torch.full((latents.shape[0],), t, dtype=torch.long)

@@ -130,3 +130,21 @@ def test_validity_smoke_scores_a_world_grid_against_the_oracle(tmp_path):
     text = results.read_text()
     assert "P2 replay: default sampler tpe" in text
     assert re.search(r"seed 0: \d+ complete / \d+ pruned, \d+ epochs", text)
+
+
+def test_train_smoke_on_tiny_sdxl_runs_both_loops_with_sdxl_conditioning(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "train", "--smoke", "--model", "sdxl_shape",
+         "--device", "cpu", "--results", str(results)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Settings: model tiny_sdxl; 64 px" in results.read_text()  # smoke: the tiny SDXL
+    rows = _block(results.read_text(), "train", TRAIN_COLUMNS)
+    assert [r["variant"] for r in rows] == ["ours", "reference"]
+    for row in rows:
+        assert float(row["images/s"]) > 0 and float(row["TFLOP/image"]) > 0
+        assert row["MFU (1.75 TFLOP/img)"] == "n/a"  # the SD 1.5 figure is not SDXL's

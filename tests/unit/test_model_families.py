@@ -15,17 +15,17 @@ from trainer.families import FAMILY_NAMES, family_problems, get_family
 CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-@pytest.mark.parametrize("value", ["sdxl", "SD15", "", None, 15])
+@pytest.mark.parametrize("value", ["flux", "SD15", "SDXL", "", None, 15])
 def test_unknown_family_names_the_key_the_value_and_the_allowed_names(value):
     with pytest.raises(ConfigError) as raised:
         get_family(value)
     (problem,) = raised.value.problems
-    assert problem == f"model.family: {value!r} is not allowed; allowed: sd15"
+    assert problem == f"model.family: {value!r} is not allowed; allowed: sd15, sdxl"
 
 
 def test_sd15_is_registered_once_with_its_kohya_identity():
     family = get_family("sd15")
-    assert FAMILY_NAMES == ("sd15",)
+    assert FAMILY_NAMES == ("sd15", "sdxl")
     assert get_family("sd15") is family  # one instance per process
     assert family.name == "sd15"
     assert family.base_model_version == "sd_v1"
@@ -40,6 +40,30 @@ def test_sd15_is_registered_once_with_its_kohya_identity():
     )
     assert (geometry.resolution, geometry.bucket_reso_steps) == (512, 64)
     assert family_problems("sd15") == []
+    assert family.modelspec_architecture is None  # SD 1.x files carry no modelspec keys
+
+
+def test_sdxl_is_registered_with_kohyas_sdxl_identity():
+    family = get_family("sdxl")
+    assert family.name == "sdxl"
+    # kohya's library/sdxl_model_util.py MODEL_VERSION_SDXL_BASE_V1_0
+    assert family.base_model_version == "sdxl_base_v1-0"
+    # kohya's networks/lora.py LORA_PREFIX_UNET / LORA_PREFIX_TEXT_ENCODER1 / 2
+    assert dict(family.kohya_prefixes) == {
+        "unet": "lora_unet",
+        "text_encoder": "lora_te1",
+        "text_encoder_2": "lora_te2",
+    }
+    # kohya's library/sai_model_spec.py ARCH_SD_XL_V1_BASE
+    assert family.modelspec_architecture == "stable-diffusion-xl-v1-base"
+    real = OmegaConf.load(CONF_MODEL / "sdxl.yaml")
+    geometry = family.native_geometry
+    assert (real.family, real.resolution, real.bucket_reso_steps) == ("sdxl", 1024, 64)
+    assert (geometry.resolution, geometry.min_bucket_reso, geometry.max_bucket_reso) == (
+        real.resolution,
+        real.min_bucket_reso,
+        real.max_bucket_reso,
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONF_MODEL.glob("*.yaml")), ids=lambda p: p.stem)
@@ -51,7 +75,8 @@ def test_every_model_config_names_its_family_and_the_settings_carry_it(path):
     # A required path (???) or one relative to the project (${paths.project_dir}/...) is
     # resolved by the composed config; alone, the family is what is read here.
     unresolved = OmegaConf.is_missing(cfg, "path") or OmegaConf.is_interpolation(cfg, "path")
-    overrides = {"path": "tiny"} if unresolved else {}
+    tiny = {"sd15": "tiny", "sdxl": "tiny_sdxl"}[cfg.family]  # a built-in of the same family
+    overrides = {"path": tiny} if unresolved else {}
     settings = read_model_settings(OmegaConf.merge(cfg, overrides))
     assert settings.family == cfg.family
 
@@ -61,7 +86,7 @@ def test_model_settings_report_a_bad_family_with_the_other_problems():
 
     with pytest.raises(ConfigError) as raised:
         read_model_settings({"path": "tiny", "family": "flux", "clip_skip": 0})
-    assert "model.family: 'flux' is not allowed; allowed: sd15" in raised.value.problems
+    assert "model.family: 'flux' is not allowed; allowed: sd15, sdxl" in raised.value.problems
     assert any(p.startswith("model.clip_skip") for p in raised.value.problems)
     assert read_model_settings({"path": "tiny"}).family == "sd15"  # the default
 
@@ -69,8 +94,24 @@ def test_model_settings_report_a_bad_family_with_the_other_problems():
 def test_checking_a_family_name_imports_no_ml_library():
     code = (
         "import sys; from trainer.families import family_problems; "
-        "assert family_problems('sdxl'); "
+        "assert family_problems('flux'); assert not family_problems('sdxl'); "
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("path", "family", "built_in"),
+    [("tiny_sdxl", "sd15", "sdxl"), ("sdxl_shape", "sd15", "sdxl"), ("tiny", "sdxl", "sd15")],
+)
+def test_a_built_in_model_of_another_family_is_named_with_the_fix(path, family, built_in):
+    from trainer.models.loading import read_model_settings
+
+    with pytest.raises(ConfigError) as raised:
+        read_model_settings({"path": path, "family": family})
+    assert raised.value.problems == [
+        f"model.path: {path!r} is the built-in {built_in} model, but model.family is "
+        f"{family!r}; use model={path} (model.family: {built_in})"
+    ]
+    assert read_model_settings({"path": path, "family": built_in}).family == built_in

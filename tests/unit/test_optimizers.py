@@ -61,7 +61,8 @@ def test_every_optimizer_has_a_config_file_and_back():
     assert names == set(OPTIMIZERS)
     for path in OPTIMIZER_FILES:
         cfg = OmegaConf.load(path)
-        assert set(cfg) == {"name", "lr", "unet_lr", "text_encoder_lr", "args"}, path.name
+        keys = {"name", "lr", "unet_lr", "text_encoder_lr", "text_encoder_2_lr", "args"}
+        assert set(cfg) == keys, path.name
 
 
 @pytest.mark.parametrize("path", OPTIMIZER_FILES, ids=lambda p: p.stem)

@@ -240,6 +240,11 @@ class TrainingData:
                 "loss_weights": to_device(weights, self.device),
                 "is_reg": to_device(is_reg, self.device),
                 "paths": [str(s.item.path) for s in picked],
+                # Per sample, for size conditioning (SDXL's time ids): the image's own size
+                # and its bucket, both (width, height), and whether it is mirrored this epoch.
+                "original_sizes": [s.item.size for s in picked],
+                "target_sizes": [s.geometry.bucket for s in picked],
+                "flips": [self._flip(epoch, i) for i in indices],
             }
 
     def _flip(self, epoch: int, index: int) -> bool:

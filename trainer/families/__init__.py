@@ -20,9 +20,36 @@ if TYPE_CHECKING:
 # model.family value -> "module:Class"
 _REGISTRY = {
     "sd15": "trainer.families.sd15:SD15Family",
+    "sdxl": "trainer.families.sdxl:SDXLFamily",
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 DEFAULT_FAMILY = "sd15"
+
+# What a family does not support yet, as config key -> allowed values (a key not listed: any).
+# Kept here, beside the registry, so that a config is checked before any model library loads.
+_LIMITS: dict[str, dict[str, tuple]] = {
+    "sdxl": {
+        # SDXL trains LoRA / LoCon, DreamBooth (SGM checkpoints) and textual inversion.
+        "train.mode": ("lora", "dreambooth", "textual_inversion"),
+        # SDXL embeddings hold one tensor per encoder (clip_l, clip_g): .safetensors only.
+        "train.embedding_format": ("safetensors",),
+        # SDXL conditions on the penultimate layer of both encoders; kohya ignores clip_skip.
+        "model.clip_skip": (1,),
+        # Pivotal tuning and continued textual inversion read SD 1.x embeddings.
+        "train.init_embedding": (None,),
+    },
+}
+
+
+def family_limit_problems(name: object, values: dict[str, object]) -> list[str]:
+    """Problems of config ``values`` (key -> value) that family ``name`` does not support."""
+    limits = _LIMITS.get(name, {}) if isinstance(name, str) else {}
+    return [
+        f"{key}: {values[key]!r} is not allowed for model.family {name}; allowed: "
+        + ", ".join(map(str, allowed))
+        for key, allowed in limits.items()
+        if key in values and values[key] not in allowed
+    ]
 
 
 def family_problems(name: object, key: str = "model.family") -> list[str]:

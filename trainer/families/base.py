@@ -88,6 +88,12 @@ class ModelFamily(ABC):
     kohya_prefixes: Mapping[str, str]
     #: Native resolution and bucket defaults of a real checkpoint of this family.
     native_geometry: BucketGeometry
+    #: The modelspec architecture id of the base model (``modelspec.architecture`` of a LoRA
+    #: file is this plus ``/lora``); None: the family's files carry no modelspec keys.
+    modelspec_architecture: str | None = None
+    #: Textual-inversion file key of each text encoder when the family has several (SDXL:
+    #: ``clip_l`` / ``clip_g``); None: one encoder, WebUI's single-tensor format.
+    embedding_keys: Mapping[str, str] | None = None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -109,6 +115,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def text_encoders(self, components: Any) -> dict[str, nn.Module]:
         """Adaptable text encoders by component name (the keys of ``kohya_prefixes``)."""
+
+    def tokenizers(self, components: Any) -> dict[str, Any]:
+        """Each text encoder's tokenizer, by the same component names as ``text_encoders``."""
+        return {"text_encoder": components.tokenizer}
 
     # --- conditioning ----------------------------------------------------------------------
 
@@ -206,6 +216,17 @@ class ModelFamily(ABC):
     def pipeline(self, components: Any, scheduler: Any = None) -> Any:
         """A diffusers pipeline over ``components`` (shared modules), sampling with
         ``scheduler`` (default: the components' own)."""
+
+    def save_checkpoint(
+        self,
+        components: Any,
+        path: Path,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """Write ``components`` as the family's single-file checkpoint (the layout WebUI and
+        ComfyUI read); families without a writer say so."""
+        raise NotImplementedError(f"the {self.name} family has no single-file checkpoint writer")
 
     @abstractmethod
     def generation_inputs(

@@ -114,6 +114,11 @@ class SD15Family(ModelFamily):
     def pipeline(self, components: SDComponents, scheduler=None):
         return components.to_pipeline(scheduler)
 
+    def save_checkpoint(self, components, path, dtype=None, metadata=None) -> Path:
+        from trainer.models.ldm_format import save_single_file
+
+        return save_single_file(components, path, dtype=dtype, metadata=metadata)
+
     def generation_inputs(
         self, positive: Conditioning, negative: Conditioning
     ) -> dict[str, torch.Tensor]:

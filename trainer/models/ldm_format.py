@@ -223,6 +223,9 @@ def _unet_prefixes(config) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         "mid_block.resnets.0.": "middle_block.0.",
         "mid_block.attentions.0.": "middle_block.1.",
         "mid_block.resnets.1.": "middle_block.2.",
+        # SDXL's size / pooled-text embedding (addition_embed_type "text_time"); absent in SD 1.x.
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
     }
     for block in range(n_blocks):
         first_input = 1 + block * (per_block + 1)
@@ -378,3 +381,14 @@ def save_diffusers_folder(components, path: str | Path) -> Path:
     for weights in path.rglob("*.safetensors"):
         weights.chmod(mode)
     return path
+
+
+def unet_module_to_ldm(config, module_path: str) -> str:
+    """The original-layout path of the diffusers UNet module at ``module_path`` (e.g.
+    ``down_blocks.1.attentions.0.proj_in`` -> ``input_blocks.4.1.proj_in`` for SDXL), the
+    names kohya's SDXL LoRA files use; a ``ValueError`` for a module with no such place."""
+    prefixes, inner = _unet_prefixes(config)
+    renamed = _rename(module_path + ".", prefixes, inner)
+    if renamed is None:
+        raise ValueError(f"UNet module {module_path!r} has no place in the original layout")
+    return renamed.removesuffix(".")

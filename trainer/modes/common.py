@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.atomic_write import write_text
 from trainer.data.dataset import build_training_data
 from trainer.device import autocast_dtype, make_deterministic, resolve_device
+from trainer.families import family_of
 from trainer.logs import route_library_logs
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import LoopSettings, TrainResult, plan_length, run_training
@@ -64,7 +65,8 @@ def start_run(cfg: DictConfig, spec: RunSpec, components=None) -> Run:
     if components is None:
         components = load_model(spec.model, cache_dir)
     route_library_logs()  # the model libraries are imported by now
-    for module in (components.unet, components.vae, components.text_encoder):
+    text_encoders = family_of(components).text_encoders(components).values()
+    for module in (components.unet, components.vae, *text_encoders):
         module.requires_grad_(False)
         module.to(device)
     components.vae.eval()
@@ -85,7 +87,8 @@ def enable_checkpointing(run: Run, text_encoder: bool) -> None:
     if run.spec.train.gradient_checkpointing:
         run.components.unet.enable_gradient_checkpointing()
         if text_encoder:
-            run.components.text_encoder.gradient_checkpointing_enable()
+            for module in family_of(run.components).text_encoders(run.components).values():
+                module.gradient_checkpointing_enable()
 
 
 def build_data(run: Run, reg_dir: Path | None | str = "keep"):

@@ -25,7 +25,7 @@ from trainer.modes import common
 from trainer.modes.pivot import pivot_captions, pivot_tokens
 from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
-from trainer.networks.metadata import kohya_metadata
+from trainer.networks.metadata import kohya_metadata, modelspec_metadata
 from trainer.optim.optimizers import describe_optimizer
 from trainer.settings.network import learning_rate_advice
 from trainer.speed import cast_frozen, prepare_unet
@@ -44,13 +44,17 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     # Adapters are created under the seed so their initial weights do not depend on what ran
     # before (data preparation may draw random numbers).
     torch.manual_seed(spec.train.seed)
-    network = build_network(
-        components.unet, components.text_encoder, spec.network, family_of(components)
-    )
-    cast_frozen([components.unet, components.text_encoder], run.speed.frozen_dtype)
+    family = family_of(components)
+    text_encoders = family.text_encoders(components)
+    network = build_network(components.unet, text_encoders, spec.network, family)
+    cast_frozen([components.unet, *text_encoders.values()], run.speed.frozen_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
-    params = (network.unet_parameters(), network.text_encoder_parameters())
+    # One optimizer group per text encoder where the network has them by component (SDXL's
+    # text_encoder_2_lr); LyCORIS networks (SD 1.x only) have one list.
+    by_component = getattr(network, "text_encoder_parameter_groups", None)
+    te_params = by_component() if by_component else network.text_encoder_parameters()
+    params = (network.unet_parameters(), te_params)
     opt = spec.optimizer
     advice = learning_rate_advice(
         spec.network, opt.unet_lr or opt.lr, opt.text_encoder_lr or opt.lr, opt.adaptive
@@ -61,12 +65,13 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     meta_base = _metadata_base(run, data, optimizer, *common.run_length(run, data))
     meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args
     save_dtype = SAVE_DTYPES[spec.train.save_precision]
+    modelspec = _modelspec(run, family, data.resolution)
 
     def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
         path = run.output_dir / f"{common.epoch_stem(spec.run_name, epoch, is_last)}.safetensors"
         finished = datetime.now(UTC).timestamp()
         meta = {**meta_base, "epoch": epoch, "steps": step, "training_finished_at": finished}
-        save_lora(path, network.kohya_state_dict(save_dtype), kohya_metadata(meta))
+        save_lora(path, network.kohya_state_dict(save_dtype), kohya_metadata(meta) | modelspec)
         log.info("saved epoch %d (step %d): %s", epoch, step, path)
         return path
 
@@ -76,6 +81,19 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     )  # fmt: skip
     log.info("latent cache: %s", result.cache_stats)
     return result
+
+
+def _modelspec(run: common.Run, family, resolution: tuple[int, int]) -> dict[str, str]:
+    """The ``modelspec.*`` keys, for families that have a ModelSpec architecture id (SDXL)."""
+    if family.modelspec_architecture is None:
+        return {}
+    return modelspec_metadata(
+        family.modelspec_architecture,
+        title=run.spec.run_name,
+        resolution=resolution,
+        prediction_type=run.spec.model.prediction_type,
+        date=run.started_at.isoformat(timespec="seconds"),
+    )
 
 
 def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int) -> dict:
@@ -90,7 +108,12 @@ def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int
         "sd_model_name": Path(spec.model.path).name,
         "learning_rate": spec.optimizer.configured_lrs["lr"],
         "unet_lr": lrs.get("unet"),
-        "text_encoder_lr": lrs.get("text_encoder"),
+        # kohya writes its list of text-encoder LRs when it has several (SDXL: TE1, TE2).
+        "text_encoder_lr": (
+            [lrs.get("text_encoder"), lrs["text_encoder_2"]]
+            if "text_encoder_2" in lrs
+            else lrs.get("text_encoder")
+        ),
         "optimizer": describe_optimizer(spec.optimizer),
         "lr_scheduler": spec.scheduler.name,
         "num_epochs": epochs,

@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 
 from trainer.errors import ConfigError
+from trainer.families import family_of
 from trainer.loop.callbacks import TrainingCallback
 from trainer.loop.train import TrainResult
 from trainer.modes import common
 from trainer.modes.added_tokens import AddedTokens, PlaceholderCaptions
 from trainer.modes.embedding_files import read_embedding, save_embedding
+from trainer.modes.encoder_tokens import EncoderTokens, save_encoder_embedding
 from trainer.modes.settings import TextualInversionSettings
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ def train_textual_inversion(
 ) -> TrainResult:
     """Learn the embedding(s) of ``train.tokens`` on the run's data; save them per epoch."""
     s, spec, components = run.spec.mode, run.spec, run.components
+    family = family_of(components)
+    if family.embedding_keys is not None:
+        return _train_encoder_tokens(run, family, callbacks)
     added = _add_tokens(components, s)
     if spec.data.reg_dir:
         log.info("data.reg_dir is not used: textual inversion changes no model weight")
@@ -66,6 +71,43 @@ def train_textual_inversion(
         added.bake()
         components.text_encoder.eval()
     return result
+
+
+def _train_encoder_tokens(run: common.Run, family, callbacks) -> TrainResult:
+    """Textual inversion in every text encoder of the family (SDXL: both), one file per
+    placeholder and saved epoch with a tensor per encoder (``family.embedding_keys``)."""
+    s, spec, components = run.spec.mode, run.spec, run.components
+    added = EncoderTokens.from_init_word(
+        components, family, s.tokens, s.init_word, s.num_vectors_per_token
+    )
+    data = PlaceholderCaptions(common.build_data(run, None), added, s.caption_placeholder)
+    opt = common.optimizer_view(spec.optimizer, s.learning_rate, s.learning_rate)
+    torch.manual_seed(spec.train.seed)
+    optimizer = common.make_optimizer(run, opt, ([], added.parameters()))
+
+    def save_epoch(epoch: int, step: int, is_last: bool) -> Path:
+        stem = common.epoch_stem(spec.run_name, epoch, is_last)
+        meta = common.base_metadata(run, "textual_inversion", epoch, step)
+        paths = [
+            save_encoder_embedding(
+                run.output_dir / f"{stem if k == 0 else f'{stem}.{k}'}.safetensors",
+                vectors,
+                family.embedding_keys,
+                token,
+                step,
+                meta,
+            )  # fmt: skip
+            for k, (token, vectors) in enumerate(added.vectors().items())
+        ]
+        log.info("saved epoch %d (step %d): %s", epoch, step, ", ".join(map(str, paths)))
+        return paths[0]
+
+    try:
+        return common.train_loop(run, data, optimizer, opt, True, save_epoch, callbacks)
+    finally:
+        added.bake()
+        for encoder in family.text_encoders(components).values():
+            encoder.eval()
 
 
 def _add_tokens(components, s: TextualInversionSettings) -> AddedTokens:

@@ -49,11 +49,15 @@ class AdapterNetwork(Protocol):
 
 
 def build_network(
-    unet: nn.Module, text_encoder: nn.Module, network: NetworkSpec | Any, family=None
+    unet: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
+    network: NetworkSpec | Any,
+    family=None,
 ) -> AdapterNetwork:
     """Freeze the base model and add the adapters of the spec's type. ``network``: the run's
     typed spec, or a ``network`` group (read by ``trainer.settings.network.read_network``).
 
+    ``text_encoder``: one module or the family's text encoders by component name.
     ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) chooses which layers are
     adapted and their kohya names (``family_of(components)`` gives a loaded model's)."""
     spec = network if isinstance(network, LoraSpec | LycorisSpec) else read_network(network)

@@ -49,7 +49,7 @@ class AdaptedModule:
     """One peft-wrapped layer and its kohya identity."""
 
     kohya_name: str
-    component: str  # "unet" or "text_encoder"
+    component: str  # "unet", "text_encoder" (or SDXL's "text_encoder_2")
     path: str  # module path inside its component
     kind: str  # "linear", "conv1x1" or "conv3x3"
     rank: int
@@ -148,25 +148,41 @@ def _adapt(
     return modules
 
 
-def apply_lora(
-    unet: nn.Module, text_encoder: nn.Module, network: LoraSpec | Any, family=None
-) -> LoraNetwork:
-    """Freeze ``unet`` and ``text_encoder`` and wrap the target layers with LoRA adapters.
+def text_encoder_map(text_encoder: nn.Module | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """Text encoders by component name: one module is SD 1.x's ``text_encoder``; a mapping
+    (``family.text_encoders(components)``) names each (SDXL: ``text_encoder``,
+    ``text_encoder_2``)."""
+    if isinstance(text_encoder, nn.Module):
+        return {"text_encoder": text_encoder}
+    return dict(text_encoder)
 
+
+def apply_lora(
+    unet: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
+    network: LoraSpec | Any,
+    family=None,
+) -> LoraNetwork:
+    """Freeze ``unet`` and the text encoder(s) and wrap the target layers with LoRA adapters.
+
+    ``text_encoder``: one module, or the family's text encoders by component name.
     ``family`` (a ``trainer.families`` ModelFamily; default SD 1.x) chooses the target layers
     and their kohya names. ``network``: the run's typed spec, or a ``network`` group (read by
     the same reader)."""
     family = family or get_family(DEFAULT_FAMILY)
     spec = network if isinstance(network, LoraSpec) else resolve_network_config(network)
+    encoders = text_encoder_map(text_encoder)
     unet.requires_grad_(False)
-    text_encoder.requires_grad_(False)
+    for module in encoders.values():
+        module.requires_grad_(False)
     modules: list[AdaptedModule] = []
     if spec.train_unet:
         targets = family.lora_targets("unet", unet, with_conv=spec.type == "locon")
         modules += _adapt(unet, "unet", targets, spec, family)
     if spec.train_text_encoder:
-        targets = family.lora_targets("text_encoder", text_encoder, with_conv=False)
-        modules += _adapt(text_encoder, "text_encoder", targets, spec, family)
+        for component, module in encoders.items():
+            targets = family.lora_targets(component, module, with_conv=False)
+            modules += _adapt(module, component, targets, spec, family)
     return LoraNetwork(spec, modules)
 
 
@@ -188,7 +204,17 @@ class LoraNetwork:
         return self._parameters("unet")
 
     def text_encoder_parameters(self) -> list[nn.Parameter]:
-        return self._parameters("text_encoder")
+        """Every text encoder's adapter parameters (SDXL: both encoders')."""
+        return [p for m in self.modules if m.component != "unet" for p in (m.down, m.up)]
+
+    def text_encoder_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The text encoders' adapter parameters by component (SDXL: ``text_encoder`` and
+        ``text_encoder_2``, each with its own learning rate)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for m in self.modules:
+            if m.component != "unet":
+                groups.setdefault(m.component, []).extend((m.down, m.up))
+        return groups
 
     def kohya_info(self) -> dict[str, Any]:
         """The network part of kohya's ``ss_`` metadata (see ``metadata.kohya_metadata``)."""

@@ -31,9 +31,10 @@ from trainer.errors import ModelLoadError
 from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type
 from trainer.networks.lycoris_fixes import apply_fixes
-from trainer.networks.lycoris_net import EMPTY_PRESET, text_root
+from trainer.networks.lycoris_net import EMPTY_PRESET, text_roots, unet_name_map
 
-_PREFIXES = (kf.UNET_PREFIX + "_", kf.TEXT_ENCODER_PREFIX + "_")
+# lora_unet_, and lora_te_ (SD 1.x) or lora_te1_ / lora_te2_ (SDXL).
+_PREFIXES = (kf.UNET_PREFIX + "_", kf.TEXT_ENCODER_PREFIX)
 
 
 def _module_names(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
@@ -96,32 +97,59 @@ def _dora_input_modules(
     return modules
 
 
-def _layers_by_kohya_name(unet: nn.Module, te_root: nn.Module) -> dict[str, nn.Module]:
+def _layers_by_kohya_name(unet: nn.Module, te_root) -> dict[str, nn.Module]:
+    """Every module by LyCORIS' name for it (``te_root``: one root, or a list numbered as
+    LyCORIS numbers them: ``lora_te1_``, ``lora_te2_``)."""
+    roots = [(kf.UNET_PREFIX, unet)]
+    if isinstance(te_root, list):
+        roots += [(f"{kf.TEXT_ENCODER_PREFIX}{i + 1}", r) for i, r in enumerate(te_root)]
+    else:
+        roots.append((kf.TEXT_ENCODER_PREFIX, te_root))
     layers = {}
-    for prefix, root in ((kf.UNET_PREFIX, unet), (kf.TEXT_ENCODER_PREFIX, te_root)):
+    for prefix, root in roots:
         for path, module in root.named_modules():
             if path:
                 layers[f"{prefix}_{path.replace('.', '_')}"] = module
     return layers
 
 
+def _internal_names(state_dict: Mapping[str, torch.Tensor], unet: nn.Module, family):
+    """``state_dict`` with the family's UNet names (SDXL: SGM paths) turned into LyCORIS' own
+    (the diffusers paths), which its loader matches against the UNet."""
+    if family is None:
+        return dict(state_dict)
+    back = {v: k for k, v in unet_name_map(unet, family).items()}
+    out = {}
+    for key, value in state_dict.items():
+        name, dot, rest = key.partition(".")
+        out[back.get(name, name) + dot + rest] = value
+    return out
+
+
 def load_lycoris_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     unet: nn.Module,
-    text_encoder: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
     multiplier: float = 1.0,
     source: str = "LoRA state dict",
     expected_type: str | None = None,
+    family=None,
 ) -> LycorisNetworkKohya:
-    """Hook the modules of ``state_dict`` into ``unet`` / ``text_encoder`` at ``multiplier``.
+    """Hook the modules of ``state_dict`` into ``unet`` / the text encoder(s) at
+    ``multiplier``.
 
-    Any type loads (kohya LoRA / LoCon too). Returns LyCORIS' network: ``set_multiplier(x)``
+    Any type loads (kohya LoRA / LoCon too). ``text_encoder``: one module, or the family's
+    text encoders by name; ``family`` (default: LyCORIS' own names, SD 1.x's) names the UNet
+    modules in the file (SDXL: SGM paths). Returns LyCORIS' network: ``set_multiplier(x)``
     changes the strength, ``restore()`` unhooks it. ``ModelLoadError`` if a module of the file
     finds no layer, or if ``expected_type`` is given and the file holds another type.
     """
+    from trainer.networks.lora import text_encoder_map
+
     if expected_type is not None:
         check_network_type(state_dict, expected_type, source)
-    root = text_root(text_encoder)
+    state_dict = _internal_names(state_dict, unet, family)
+    root = text_roots(text_encoder_map(text_encoder))
     layers = _layers_by_kohya_name(unet, root)
     names = _module_names(state_dict)
     unmatched = sorted(names - set(layers))

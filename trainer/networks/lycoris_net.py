@@ -30,6 +30,7 @@ from torch import nn
 
 from trainer.errors import ModelLoadError
 from trainer.families import DEFAULT_FAMILY, get_family
+from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type, key_problems
 from trainer.networks.lycoris_fixes import apply_fixes
 from trainer.settings.network import LycorisSpec, resolve_lycoris_config
@@ -140,13 +141,41 @@ def _lycoris_network(
     )
 
 
+def text_roots(text_encoders: Mapping[str, nn.Module]) -> nn.Module | list[nn.Module]:
+    """What LyCORIS takes as the text encoder: one root (SD 1.x, keys ``lora_te_``), or a list
+    (SDXL: ``lora_te1_`` / ``lora_te2_``, LyCORIS' numbering of a list)."""
+    roots = [text_root(module) for module in text_encoders.values()]
+    return roots[0] if len(roots) == 1 else roots
+
+
+def unet_name_map(unet: nn.Module, family) -> dict[str, str]:
+    """LyCORIS' UNet module name (``lora_unet_`` + the diffusers path) -> the family's kohya
+    name (SDXL: the SGM path); only the names that differ."""
+    renamed = {}
+    for path, _ in unet.named_modules():
+        if not path:
+            continue
+        internal = f"{kf.UNET_PREFIX}_{path.replace('.', '_')}"
+        try:
+            external = family.kohya_module_name("unet", path)
+        except ValueError:  # a container with no place in the family's layout
+            continue
+        if external != internal:
+            renamed[internal] = external
+    return renamed
+
+
 def build_lycoris(
-    unet: nn.Module, text_encoder: nn.Module, network: LycorisSpec | Any, family=None
+    unet: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
+    network: LycorisSpec | Any,
+    family=None,
 ) -> LycorisNetwork:
-    """Freeze ``unet`` and ``text_encoder`` and hook LyCORIS modules into their layers.
+    """Freeze ``unet`` and the text encoder(s) and hook LyCORIS modules into their layers.
 
     ``family`` (a ``trainer.families`` ModelFamily, default SD 1.x) gives the preset's target
-    module classes and names (``lycoris_preset``).
+    module classes and names (``lycoris_preset``) and the UNet modules' names in the file
+    (SDXL: SGM paths, as kohya names them; LyCORIS itself names them by the diffusers path).
 
     The modules are created on the UNet's device, in fp32. Their initial weights give a zero
     delta (LoHa: ``hada_w2_a`` = 0; LoKr: ``lokr_w2`` / ``_b`` = 0; (IA)^3: scale 0; DoRA:
@@ -154,12 +183,19 @@ def build_lycoris(
     channel), so at step 0 the
     adapted model equals the base model.
     """
+    from trainer.networks.lora import text_encoder_map
+
     spec = network if isinstance(network, LycorisSpec) else resolve_lycoris_config(network)
     family = family or get_family(DEFAULT_FAMILY)
+    encoders = text_encoder_map(text_encoder)
     unet.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    root = text_root(text_encoder) if spec.train_text_encoder else None
+    for module in encoders.values():
+        module.requires_grad_(False)
+    root = text_roots(encoders) if spec.train_text_encoder else None
     net = _lycoris_network(unet, root, spec, family.lycoris_preset(spec.preset))
+    renamed = unet_name_map(unet, family)
+    for module in net.unet_loras:  # before apply_to, which registers them by lora_name
+        module.lora_name = renamed.get(module.lora_name, module.lora_name)
     net.apply_to(
         root,
         unet,

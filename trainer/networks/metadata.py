@@ -73,3 +73,27 @@ def kohya_metadata(info: Mapping[str, Any]) -> dict[str, str]:
     if missing:
         raise ValueError(f"kohya metadata is missing required key(s): {', '.join(missing)}")
     return {PREFIX + k: kohya_value(v) for k, v in merged.items()}
+
+
+# Stability AI's ModelSpec (as kohya's library/sai_model_spec.py writes it for LoRA files).
+MODELSPEC_VERSION = "1.0.1"
+MODELSPEC_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+_MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+
+
+def modelspec_metadata(
+    architecture: str, title: str, resolution: tuple[int, int], prediction_type: str, date: str
+) -> dict[str, str]:
+    """The ``modelspec.*`` keys of a LoRA file for a base model of ``architecture`` (e.g.
+    ``stable-diffusion-xl-v1-base``): the file's architecture is ``<architecture>/lora``, and
+    SDXL LoRAs name Stability's SGM code as their implementation, as kohya does.
+    ``resolution``: (width, height); ``date``: ISO 8601."""
+    return {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": f"{architecture}/lora",
+        "modelspec.implementation": MODELSPEC_IMPLEMENTATION,
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.date": date,
+        "modelspec.prediction_type": _MODELSPEC_PREDICTION[prediction_type],
+    }

@@ -36,7 +36,7 @@ from trainer.settings.optimizer import (  # noqa: F401 (re-exported)
 log = logging.getLogger(__name__)
 
 
-_GROUP_SUFFIX = {"unet": "unet", "text_encoder": "te"}
+_GROUP_SUFFIX = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class OptimizerPlan:
     unet_lr: float | None
     text_encoder_lr: float | None
     configured_lrs: Mapping[str, float | None]
+    text_encoder_2_lr: float | None = None
 
 
 def load_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -112,6 +113,7 @@ def plan_optimizer(opt: OptimizerSettings | Any) -> OptimizerPlan:
         unet_lr=settings.unet_lr,
         text_encoder_lr=settings.text_encoder_lr,
         configured_lrs=settings.configured_lrs,
+        text_encoder_2_lr=settings.text_encoder_2_lr,
     )
 
 
@@ -123,11 +125,18 @@ def _name_and_args(opt: Any) -> tuple[str | None, dict[str, Any]]:
         return None, {}
 
 
-def _param_groups(plan: OptimizerPlan, unet_params: list, te_params: list) -> list[dict]:
+def _param_groups(
+    plan: OptimizerPlan, unet_params: list, te_params: list | Mapping[str, list]
+) -> list[dict]:
+    """One group per part: ``te_params`` is one list (the text encoder), or lists by component
+    (SDXL: ``text_encoder`` at ``text_encoder_lr``, ``text_encoder_2`` at
+    ``text_encoder_2_lr``)."""
+    lrs = {"text_encoder": plan.text_encoder_lr, "text_encoder_2": plan.text_encoder_2_lr}
+    te_groups = te_params if isinstance(te_params, Mapping) else {"text_encoder": te_params}
     groups = []
     for group_name, params, lr in (
         ("unet", unet_params, plan.unet_lr),
-        ("text_encoder", te_params, plan.text_encoder_lr),
+        *((name, params, lrs[name]) for name, params in te_groups.items()),
     ):
         params = list(params)
         if not params:
@@ -145,9 +154,13 @@ def _param_groups(plan: OptimizerPlan, unet_params: list, te_params: list) -> li
 
 
 def build_optimizer(
-    opt: OptimizerSettings | Any, unet_params: list, te_params: list, fused: bool = False
+    opt: OptimizerSettings | Any,
+    unet_params: list,
+    te_params: list | Mapping[str, list],
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """The optimizer over a "unet" and a "text_encoder" param group (an empty one is left out).
+    """The optimizer over a "unet" and a "text_encoder" param group (an empty one is left out;
+    with ``te_params`` by component, one group per text encoder: SDXL's "text_encoder_2").
 
     AdaFactor with relative_step=True computes its own learning rate and transformers refuses
     an explicit one, so the configured LRs are not passed (and a log line says so).

@@ -14,12 +14,14 @@ from trainer.settings.read import ABSENT, is_int, value
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Models built from configs, with random weights: no file, no network.
-BUILT_IN_MODELS = ("tiny", "sd15_shape")
+# Each built-in model's family (its loader builds it; the other family's cannot).
+BUILT_IN_FAMILY = {"tiny": "sd15", "sd15_shape": "sd15", "tiny_sdxl": "sdxl", "sdxl_shape": "sdxl"}
+BUILT_IN_MODELS = tuple(BUILT_IN_FAMILY)
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 ACCEPTED_PATHS = (
-    "'tiny', 'sd15_shape', a single-file checkpoint (.safetensors, .ckpt, .pt, .pth), a "
-    "diffusers folder containing model_index.json, or a Hugging Face hub id 'owner/name' "
-    "(online only)"
+    "'tiny', 'sd15_shape', 'tiny_sdxl', 'sdxl_shape', a single-file checkpoint (.safetensors, "
+    ".ckpt, .pt, .pth), a diffusers folder containing model_index.json, or a Hugging Face hub "
+    "id 'owner/name' (online only)"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -65,6 +67,12 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
     seed = _or(model_cfg, "weights_seed")
     if not is_int(seed):
         problems.append(f"model.weights_seed: {seed!r} is not allowed; allowed: an int")
+    built_in_family = BUILT_IN_FAMILY.get(path)
+    if built_in_family is not None and not problems and built_in_family != family:
+        problems.append(
+            f"model.path: {path!r} is the built-in {built_in_family} model, but model.family is "
+            f"{family!r}; use model={path} (model.family: {built_in_family})"
+        )
     if problems:
         raise ConfigError(problems)
     return ModelSettings(
@@ -94,7 +102,8 @@ def model_path_problem(path: str) -> str | None:
     if _HUB_ID.match(path) and not p.suffix:
         return None
     return (
-        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', a "
+        f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', 'tiny_sdxl', "
+        "'sdxl_shape', a "
         ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
     )
 

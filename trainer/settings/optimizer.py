@@ -43,7 +43,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 ADAFACTOR = "AdaFactor"
 # Constructor arguments the config sets elsewhere (optimizer.lr and the parameter groups).
 RESERVED_ARGS = ("params", "lr")
-LR_KEYS = ("lr", "unet_lr", "text_encoder_lr")
+LR_KEYS = ("lr", "unet_lr", "text_encoder_lr", "text_encoder_2_lr")
 
 
 class OptimizerSettings(BaseModel):
@@ -56,6 +56,8 @@ class OptimizerSettings(BaseModel):
     lr: float | None  # None when the optimizer sets its own LR (AdaFactor, relative_step)
     unet_lr: float | None
     text_encoder_lr: float | None
+    # SDXL's second text encoder (OpenCLIP ViT-bigG); unset = text_encoder_lr.
+    text_encoder_2_lr: float | None = None
     # The LRs as configured (logged when AdaFactor ignores them).
     configured_lrs: dict[str, Any]
 
@@ -132,6 +134,7 @@ def read_optimizer(opt_cfg: Any) -> OptimizerSettings:
     lr = _check_lr("lr", configured["lr"], own_lr, problems)
     unet_lr = _check_lr("unet_lr", configured["unet_lr"], True, problems)
     te_lr = _check_lr("text_encoder_lr", configured["text_encoder_lr"], True, problems)
+    te2_lr = _check_lr("text_encoder_2_lr", configured["text_encoder_2_lr"], True, problems)
     for key in args:
         if key in RESERVED_ARGS:
             problems.append(f"optimizer.args.{key}: set by the trainer (use optimizer.lr, ...)")
@@ -139,11 +142,13 @@ def read_optimizer(opt_cfg: Any) -> OptimizerSettings:
         problems.append("optimizer.args.warmup_init: true needs relative_step: true")
     if problems:
         raise ConfigError(problems)
+    text_encoder_lr = None if own_lr else (te_lr if te_lr is not None else lr)
     return OptimizerSettings(
         name=name,
         args=args,
         lr=None if own_lr else lr,
         unet_lr=None if own_lr else (unet_lr if unet_lr is not None else lr),
-        text_encoder_lr=None if own_lr else (te_lr if te_lr is not None else lr),
+        text_encoder_lr=text_encoder_lr,
+        text_encoder_2_lr=None if own_lr else (te2_lr if te2_lr is not None else text_encoder_lr),
         configured_lrs=configured,
     )

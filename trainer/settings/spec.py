@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from trainer.data.options import DataOptions
 from trainer.errors import ConfigError, LorasweepError
+from trainer.families import DEFAULT_FAMILY, family_limit_problems
 from trainer.modes.settings import (
     DreamBoothSettings,
     TextualInversionSettings,
@@ -149,6 +150,20 @@ def _mode_settings(cfg: Any):
     return None
 
 
+def _family_limit_problems(cfg: Any) -> list[str]:
+    """What the model family does not support (SDXL: LoRA / LoCon training only)."""
+    mode = group_mode(cfg.train)
+    values = {
+        "train.mode": mode,
+        "network.type": value(cfg.network, "type", None),
+        "model.clip_skip": value(cfg.model, "clip_skip", 1),
+        "train.init_embedding": value(cfg.train, "init_embedding", None),
+    }
+    if mode == "textual_inversion":
+        values["train.embedding_format"] = value(cfg.train, "embedding_format", None)
+    return family_limit_problems(value(cfg.model, "family", DEFAULT_FAMILY), values)
+
+
 def parse_groups(cfg: Any, extra_checks: Iterable[Check] = ()) -> tuple[list[str], dict]:
     """Every problem of ``cfg``'s keys, without opening the data, and each group that parsed
     ({group: typed settings}). ``extra_checks``: more ``check(cfg) -> [problem, ...]`` from the
@@ -165,6 +180,7 @@ def parse_groups(cfg: Any, extra_checks: Iterable[Check] = ()) -> tuple[list[str
         parts["train"] = r.read(read_train, cfg.train)
         parts["mode"] = r.read(_mode_settings, cfg)
     r.check(r.read(_token_length_problems, cfg))
+    r.check(r.read(_family_limit_problems, cfg))
     parts["data"] = r.read(DataOptions.from_config, cfg.data)
     parts["optimizer"] = r.read(read_optimizer, cfg.optimizer)
     parts["scheduler"] = r.read(read_scheduler, cfg.scheduler)

@@ -27,9 +27,15 @@ DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config",
+        "--family",
         default="sd15",
-        help="architecture of single-file models: sd15 (bundled), tiny, or a diffusers folder",
+        help="model family of the models: sd15 or sdxl",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="architecture of single-file models: sd15 / sdxl (bundled), tiny / tiny_sdxl, or a "
+        "diffusers folder (default: the family's bundled configs)",
     )
     parser.add_argument("--weights-seed", type=int, default=0, help="seed of the tiny model")
     parser.add_argument("--cache-dir", default=None, help="folder for derived files")
@@ -84,17 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(path: str, args: argparse.Namespace):
     from trainer.models.loading import load_model
 
-    cfg = {"path": path, "single_file_config": args.config, "weights_seed": args.weights_seed}
+    cfg = {
+        "path": path,
+        "family": args.family,
+        "single_file_config": args.config or args.family,
+        "weights_seed": args.weights_seed,
+    }
     return load_model(cfg, args.cache_dir)
 
 
 def _extract(args: argparse.Namespace) -> str:
     from trainer.device import SAVE_DTYPES
+    from trainer.families import family_of
     from trainer.networks.kohya_format import save_lora
     from trainer.tools.extract import extract_lora
 
+    base = _load(args.base, args)
     state, metadata = extract_lora(
-        _load(args.base, args),
+        base,
         _load(args.tuned, args),
         args.dim,
         args.conv_dim,
@@ -104,6 +117,7 @@ def _extract(args: argparse.Namespace) -> str:
         device=args.device,
         base_name=args.base,
         tuned_name=args.tuned,
+        family=family_of(base),
     )
     save_lora(args.out, state, metadata)
     return f"extracted {len(state) // 3} modules to {args.out}"
@@ -123,7 +137,8 @@ def _ratios(args: argparse.Namespace) -> list[float]:
 
 def _merge(args: argparse.Namespace) -> str:
     from trainer.device import SAVE_DTYPES
-    from trainer.models.ldm_format import save_diffusers_folder, save_single_file
+    from trainer.families import family_of
+    from trainer.models.ldm_format import save_diffusers_folder
     from trainer.networks.kohya_format import read_lora, save_lora
     from trainer.tools.common import ToolError
     from trainer.tools.merge import LoraInput, merge_into_model, merge_loras
@@ -142,11 +157,12 @@ def _merge(args: argparse.Namespace) -> str:
     if args.new_rank is not None or args.new_conv_rank is not None:
         raise ToolError("merge: --new-rank / --new-conv-rank only apply without --base")
     components = _load(args.base, args)
-    merged = merge_into_model(components.unet, components.text_encoder, loras)
+    family = family_of(components)
+    merged = merge_into_model(components.unet, family.text_encoders(components), loras, family)
     out = Path(args.out)
     if out.suffix.lower() in (".safetensors", ".ckpt"):
         meta = {"lorasweep_merged": json.dumps({lo.name: lo.ratio for lo in loras})}
-        save_single_file(components, out, dtype=dtype, metadata=meta)
+        family.save_checkpoint(components, out, dtype=dtype, metadata=meta)
     else:
         components.to_pipeline().to(dtype=dtype)
         save_diffusers_folder(components, out)

@@ -47,7 +47,7 @@ class Target:
     """One layer a kohya LoRA adapts: where its weight lives and what kind of layer it is."""
 
     kohya_name: str
-    component: str  # "unet" or "text_encoder"
+    component: str  # "unet", "text_encoder" (or SDXL's "text_encoder_2")
     weight_key: str  # key of the layer's weight in the component's state dict
     kind: str  # "linear", "conv1x1" or "conv3x3"
 
@@ -59,21 +59,22 @@ def _state_dict(part: Any, what: str) -> dict[str, torch.Tensor]:
         state = dict(part)
     else:
         raise ToolError(f"{what}: expected a module or a state dict, got {type(part).__name__}")
-    return {
-        k.removeprefix(_TE_ROOT) if what.endswith("text_encoder") else k: v
-        for k, v in state.items()
-    }
+    text = what.rsplit(".", 1)[-1].startswith("text_encoder")
+    return {k.removeprefix(_TE_ROOT) if text else k: v for k, v in state.items()}
 
 
-def component_state_dicts(model: Any, name: str = "model") -> dict[str, dict[str, torch.Tensor]]:
-    """``{"unet": state dict, "text_encoder": state dict}`` of ``model``.
+def component_state_dicts(
+    model: Any, name: str = "model", components: tuple[str, ...] = COMPONENTS
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"unet": state dict, "text_encoder": state dict}`` of ``model`` (``components``:
+    SDXL's adds ``text_encoder_2``).
 
     ``model`` is an ``SDComponents`` (anything with ``.unet`` and ``.text_encoder``), or a
     mapping with the keys ``unet`` and ``text_encoder`` whose values are modules or state
     dicts. Text-encoder keys lose a leading ``text_model.`` (transformers 4's layout).
     """
     parts = {}
-    for component in COMPONENTS:
+    for component in components:
         if isinstance(model, Mapping):
             if component not in model:
                 raise ToolError(f"{name}: no {component!r} entry (keys: {sorted(model)})")
@@ -96,24 +97,26 @@ def layer_kind(weight: torch.Tensor) -> str | None:
 
 
 def lora_targets(
-    states: Mapping[str, Mapping[str, torch.Tensor]], with_conv: bool
+    states: Mapping[str, Mapping[str, torch.Tensor]], with_conv: bool, family=None
 ) -> dict[str, Target]:
-    """The layers a kohya LoRA adapts in these component state dicts, by kohya name."""
+    """The layers a kohya LoRA adapts in these component state dicts, by kohya name (the
+    family's names; default SD 1.x's)."""
+    name_of = family.kohya_module_name if family is not None else kf.kohya_module_name
     targets: dict[str, Target] = {}
-    for component in COMPONENTS:
-        for key, weight in states[component].items():
+    for component, state in states.items():
+        for key, weight in state.items():
             if not key.endswith(".weight"):
                 continue
             path, kind = key.removesuffix(".weight"), layer_kind(weight)
             if kind is None or not _is_target(component, path, kind, with_conv):
                 continue
-            name = kf.kohya_module_name(component, path)
+            name = name_of(component, path)
             targets[name] = Target(name, component, key, kind)
     return dict(sorted(targets.items()))
 
 
 def _is_target(component: str, path: str, kind: str, with_conv: bool) -> bool:
-    if component == "text_encoder":
+    if component.startswith("text_encoder"):
         return kind == "linear" and bool(_TEXT_ENCODER.match(path))
     if _UNET_LINEAR.match(path):
         return kind in ("linear", "conv1x1")
@@ -129,7 +132,7 @@ def check_same_architecture(
 ) -> None:
     """Raise ``ToolError`` unless both models have the same keys with the same shapes."""
     problems = []
-    for component in COMPONENTS:
+    for component in a:
         sa, sb = a[component], b[component]
         for label, keys in ((a_name, set(sa) - set(sb)), (b_name, set(sb) - set(sa))):
             if keys:

@@ -55,7 +55,7 @@ def _difference(tuned: torch.Tensor, base: torch.Tensor, device) -> torch.Tensor
 def _changed_components(base, tuned, min_diff: float, device) -> list[str]:
     """Components whose largest weight difference exceeds ``min_diff`` (kohya skips the rest)."""
     changed = []
-    for component in ("unet", "text_encoder"):
+    for component in base:
         largest = max(
             (
                 float(_difference(tuned[component][k], w, device).abs().max())
@@ -83,6 +83,7 @@ def extract_lora(
     device: str | torch.device = "cpu",
     base_name: str = "base model",
     tuned_name: str = "tuned model",
+    family=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Extract the LoRA that turns ``base`` into (approximately) ``tuned``.
 
@@ -95,12 +96,19 @@ def extract_lora(
     untrained text encoder) is left out, as kohya does. SVDs run on ``device`` in fp32;
     tensors are returned on the CPU in ``dtype``.
 
+    ``family`` (default SD 1.x): which text encoders there are and how the file names the
+    modules (SDXL: ``text_encoder_2`` too, SGM UNet paths, ``lora_te1_`` / ``lora_te2_``).
+
     Returns (kohya state dict, ``ss_*`` metadata) ready for ``kohya_format.save_lora``.
     Raises ``ToolError`` for models of different architectures or bad arguments.
     """
+    from trainer.families import DEFAULT_FAMILY, get_family
+
+    family = family or get_family(DEFAULT_FAMILY)
     _check_args(dim, conv_dim, clamp_quantile)
-    base_sd = component_state_dicts(base, base_name)
-    tuned_sd = component_state_dicts(tuned, tuned_name)
+    components = ("unet", *sorted(c for c in family.kohya_prefixes if c != "unet"))
+    base_sd = component_state_dicts(base, base_name, components)
+    tuned_sd = component_state_dicts(tuned, tuned_name, components)
     check_same_architecture(base_sd, tuned_sd, base_name, tuned_name)
     changed = _changed_components(base_sd, tuned_sd, min_diff, device)
     if not changed:
@@ -109,7 +117,7 @@ def extract_lora(
             f"min_diff = {min_diff} anywhere; nothing to extract"
         )
     out: dict[str, torch.Tensor] = {}
-    targets = lora_targets(base_sd, with_conv=conv_dim is not None)
+    targets = lora_targets(base_sd, with_conv=conv_dim is not None, family=family)
     for target in targets.values():
         if target.component not in changed:
             continue
@@ -127,11 +135,17 @@ def extract_lora(
     log.info(
         "extract: %d modules (%s), dim %s, conv_dim %s", len(out) // 3, changed, dim, conv_dim
     )
-    return out, extracted_metadata(dim, conv_dim, clamp_quantile, changed)
+    return out, extracted_metadata(
+        dim, conv_dim, clamp_quantile, changed, family.base_model_version
+    )
 
 
 def extracted_metadata(
-    dim: int, conv_dim: int | None, clamp_quantile: float, components: list[str]
+    dim: int,
+    conv_dim: int | None,
+    clamp_quantile: float,
+    components: list[str],
+    base_model_version: str = "sd_v1",
 ) -> dict[str, str]:
     """The ``ss_*`` metadata kohya writes for an extracted LoRA (no training keys)."""
     args = {} if conv_dim is None else {"conv_dim": str(conv_dim), "conv_alpha": str(conv_dim)}
@@ -141,7 +155,7 @@ def extracted_metadata(
         "network_alpha": float(dim),
         "network_args": args,
         "v2": False,
-        "base_model_version": "sd_v1",
+        "base_model_version": base_model_version,
         "training_comment": (
             f"extracted by lorasweep (SVD, dim={dim}, conv_dim={conv_dim}, "
             f"clamp_quantile={clamp_quantile}, components={json.dumps(components)})"

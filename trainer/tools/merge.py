@@ -48,13 +48,13 @@ class LoraInput:
     name: str = "LoRA"
 
 
-def _layers(unet: nn.Module, text_encoder: nn.Module) -> dict[str, nn.Module]:
-    """Every Linear / Conv2d of the model by its kohya module name."""
+def _layers(unet: nn.Module, text_encoders: Mapping[str, nn.Module], family) -> dict:
+    """Every Linear / Conv2d of the model by its kohya module name (the family's names)."""
     layers = {}
-    for component, root in (("unet", unet), ("text_encoder", text_encoder)):
+    for component, root in (("unet", unet), *text_encoders.items()):
         for path, module in root.named_modules():
             if isinstance(module, nn.Linear | nn.Conv2d):
-                layers[kf.kohya_module_name(component, path)] = module
+                layers[family.kohya_module_name(component, path)] = module
     return layers
 
 
@@ -80,12 +80,13 @@ def _merge_kohya(lora: LoraInput, layers: Mapping[str, nn.Module]) -> int:
     return len(names)
 
 
-def _merge_lycoris(lora: LoraInput, unet: nn.Module, text_encoder: nn.Module) -> int:
+def _merge_lycoris(lora: LoraInput, unet: nn.Module, text_encoders, family) -> int:
     from trainer.networks.lycoris_load import load_lycoris_state_dict
 
     network = load_lycoris_state_dict(
-        lora.state_dict, unet, text_encoder, multiplier=lora.ratio, source=lora.name
-    )
+        lora.state_dict, unet, text_encoders, multiplier=lora.ratio, source=lora.name,
+        family=family,
+    )  # fmt: skip
     modules = network.unet_loras + network.text_encoder_loras
     with torch.no_grad():
         for module in modules:
@@ -95,22 +96,33 @@ def _merge_lycoris(lora: LoraInput, unet: nn.Module, text_encoder: nn.Module) ->
 
 
 def merge_into_model(
-    unet: nn.Module, text_encoder: nn.Module, loras: Sequence[LoraInput]
+    unet: nn.Module,
+    text_encoder: nn.Module | Mapping[str, nn.Module],
+    loras: Sequence[LoraInput],
+    family=None,
 ) -> dict[str, int]:
-    """Add each LoRA's delta, times its ratio, to the weights of ``unet`` / ``text_encoder``.
+    """Add each LoRA's delta, times its ratio, to the weights of ``unet`` / the text encoder(s).
 
-    Any type that ``detect_network_type`` names can be merged. Returns {name: modules merged}.
+    ``text_encoder``: one module, or the family's text encoders by component name;
+    ``family`` (default SD 1.x) names the layers as its files do (SDXL: SGM paths,
+    ``lora_te1_`` / ``lora_te2_``). Any type that ``detect_network_type`` names can be merged
+    (LyCORIS files through LyCORIS' modules). Returns {name: modules merged}.
     Raises ``ToolError`` for an unknown type, ``ModelLoadError`` for a LoRA whose modules do
     not fit the model.
     """
-    layers = _layers(unet, text_encoder)
+    from trainer.families import DEFAULT_FAMILY, get_family
+    from trainer.networks.lora import text_encoder_map
+
+    family = family or get_family(DEFAULT_FAMILY)
+    text_encoders = text_encoder_map(text_encoder)
+    layers = _layers(unet, text_encoders, family)
     merged = {}
     for lora in loras:
         net_type = detect_network_type(lora.state_dict)
         if net_type in _LORA_FAMILY:
             merged[lora.name] = _merge_kohya(lora, layers)
         elif net_type in _LYCORIS:
-            merged[lora.name] = _merge_lycoris(lora, unet, text_encoder)
+            merged[lora.name] = _merge_lycoris(lora, unet, text_encoders, family)
         else:
             raise ToolError(
                 f"{lora.name}: cannot merge a network of type {net_type!r}; mergeable: "
