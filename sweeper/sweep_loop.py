@@ -2,8 +2,9 @@
 ``n_trials`` finished (complete or pruned) trials.
 
 Several processes running the same command (on any machines, one storage) share the study:
-each counts the trials finished or running anywhere, so together they stop at ``n_trials``,
-and the storage hands every trial to exactly one of them. While a batch runs, this process
+each counts the trials finished or running anywhere and asks for the missing ones, the two
+steps under one lock of the storage (``sweeper.ask_lock``), so together they start exactly
+``n_trials``, and the storage hands every trial to exactly one of them. While a batch runs, this process
 records a heartbeat for its trials; a trial whose process died goes stale, is failed by the
 next process that looks (``fail_stale_trials``) and queued again with the same parameters.
 
@@ -21,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,8 +35,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from sweeper.ask_lock import AskLock
 from sweeper.checks import run_problems
 from sweeper.interrupt import Interrupted
+from sweeper.progress import finished_durations, progress_line
 from sweeper.results import (
     RESULTS_FILE,
     print_summary,
@@ -47,17 +49,15 @@ from sweeper.results import (
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.search_values import fixed_problems
+from sweeper.storage import Heartbeat, make_storage, storage_problem, storage_url
 from sweeper.study import (
     DONE,
     build_pruner,
     build_sampler,
     count_states,
     derive_study_name,
-    make_storage,
     n_done,
     open_study,
-    storage_problem,
-    storage_url,
     tell,
 )
 from sweeper.tracking import (
@@ -85,70 +85,6 @@ class ResultsNotWrittenError(Exception):
 
 
 DATA_HASH_ATTR = "data_hash"
-
-
-class Heartbeat:
-    """Records a heartbeat for the given trials every ``interval`` s while a batch runs."""
-
-    def __init__(self, storage, trial_ids: Sequence[int], interval: int | None):
-        self.storage, self.trial_ids, self.interval = storage, list(trial_ids), interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            for trial_id in self.trial_ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
-                    log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.interval:
-            self._stop.set()
-            self._thread.join()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def progress_line(
-    durations: Sequence[float], done: int, n_trials: int, elapsed: float, parallel: int
-) -> str:
-    """Where the sweep stands: trials finished of the target, time spent by this process, and
-    an estimate of what remains (the finished trials' mean duration x the trials left, divided
-    by the trials run at once)."""
-    line = f"sweep: {done} of {n_trials} trials finished, {_duration(elapsed)} spent"
-    left = max(0, n_trials - done)
-    if durations and left:
-        mean = sum(durations) / len(durations)
-        eta = mean * math.ceil(left / max(1, parallel))
-        line += (
-            f"; about {_duration(eta)} left ({_duration(mean)} per trial over "
-            f"{len(durations)} finished, {max(1, parallel)} at a time)"
-        )
-    return line
-
-
-def _finished_durations(study: optuna.Study) -> list[float]:
-    return [
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in study.get_trials(deepcopy=False, states=DONE)
-        if t.datetime_start and t.datetime_complete and "duplicate_of" not in t.user_attrs
-    ]
 
 
 class SweepRunner:
@@ -322,35 +258,51 @@ class SweepRunner:
 
     def _loop(self, study, storage, settings, space, fixed, adaptive) -> None:
         n_jobs = self._n_jobs(settings)
-        heartbeat = settings.heartbeat_interval
         grid = isinstance(study.sampler, optuna.samplers.GridSampler)
-        while True:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            counts = count_states(study)
-            done = n_done(counts)
-            if done >= settings.n_trials or (grid and study.sampler.is_exhausted(study)):
-                return
-            if self.failed_here > settings.max_failure_rate * settings.n_trials:
-                raise SweepAbortedError(
-                    f"{self.failed_here} trials failed in this sweep, more than "
-                    f"search.max_failure_rate={settings.max_failure_rate} x "
-                    f"n_trials={settings.n_trials}; see the fail_reason of each in the results"
-                )
-            # Without a heartbeat a dead process's RUNNING trial would never end: only then
-            # are other processes' running trials not waited for.
-            running = counts[TrialState.RUNNING.name] if heartbeat else 0
-            room = settings.n_trials - done - running
-            if room <= 0:
-                time.sleep(min(heartbeat or 5, 5))  # other workers finish the last trials
-                continue
-            self._run_batch(study, storage, settings, space, fixed, adaptive, min(n_jobs, room))
+        lock = AskLock(storage_url(settings, self.config.paths.runs_dir), study.study_name)
+        try:
+            while True:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                # Counting and asking are one step for all the study's sweepers: two that
+                # counted at once would both ask for the last trial.
+                with lock():
+                    room = self._room(study, settings, grid)
+                    if room is None:
+                        return
+                    trials = [study.ask() for _ in range(min(n_jobs, room))]
+                    for trial in trials:
+                        if storage.get_heartbeat_interval():
+                            storage.record_heartbeat(trial._trial_id)  # stale-able at once
+                if not trials:
+                    time.sleep(min(settings.heartbeat_interval or 5, 5))  # others finish
+                    continue
+                asked = [self._prepare(study, t, space, fixed, adaptive) for t in trials]
+                self._run_batch(study, storage, settings, asked)
+        finally:
+            lock.close()
 
-    def _ask(self, study, storage, space, fixed, adaptive) -> tuple[optuna.Trial, list[str]]:
-        trial = study.ask()
-        if storage.get_heartbeat_interval():
-            storage.record_heartbeat(trial._trial_id)  # stale-able from its first moment
+    def _room(self, study, settings: SearchSettings, grid: bool) -> int | None:
+        """How many trials this sweeper may start now (0: wait for others), None when the
+        study is done."""
+        counts = count_states(study)
+        done = n_done(counts)
+        if done >= settings.n_trials or (grid and study.sampler.is_exhausted(study)):
+            return None
+        if self.failed_here > settings.max_failure_rate * settings.n_trials:
+            raise SweepAbortedError(
+                f"{self.failed_here} trials failed in this sweep, more than "
+                f"search.max_failure_rate={settings.max_failure_rate} x "
+                f"n_trials={settings.n_trials}; see the fail_reason of each in the results"
+            )
+        # Without a heartbeat a dead process's RUNNING trial would never end: only then are
+        # other processes' running trials not waited for (nor counted).
+        running = counts[TrialState.RUNNING.name] if settings.heartbeat_interval else 0
+        return max(0, settings.n_trials - done - running)
+
+    def _prepare(self, study, trial, space, fixed, adaptive) -> tuple[optuna.Trial, list[str]]:
+        """The asked trial's sampled values, recorded on it, and its job's overrides."""
         try:
             values = space.suggest(trial, lambda key: OmegaConf.select(self.config, key), adaptive)
         except Exception as exc:
@@ -415,17 +367,15 @@ class SweepRunner:
             record_trial(self.tracker, study, trial.number)
             log.warning("trial %d interrupted by %s: failed and queued again", trial.number, name)
 
-    def _run_batch(self, study, storage, settings, space, fixed, adaptive, size: int) -> None:
-        asked = [self._ask(study, storage, space, fixed, adaptive) for _ in range(size)]
+    def _run_batch(self, study, storage, settings, asked: list) -> None:
         asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
         if not asked:
             return
         trials = [t for t, _ in asked]
         done = n_done(count_states(study))
         elapsed = time.monotonic() - self.started
-        log.info(
-            "%s", progress_line(_finished_durations(study), done, settings.n_trials, elapsed, size)
-        )
+        durations = finished_durations(study)
+        log.info("%s", progress_line(durations, done, settings.n_trials, elapsed, len(asked)))
         for k, trial in enumerate(trials, start=1):
             sampled = trial.user_attrs.get("overrides", [])
             log.info(

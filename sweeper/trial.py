@@ -26,7 +26,8 @@ from sweeper.callbacks import (
 )
 from sweeper.checks import needs_evaluation, run_problems
 from sweeper.search_config import SearchSettings, read_settings
-from sweeper.study import build_pruner, make_storage, storage_url
+from sweeper.storage import make_storage, storage_url
+from sweeper.study import build_pruner
 from trainer.errors import LorasweepError
 from trainer.loop.callbacks import EpochScores, StopTraining, TrainingCallback, best_epoch
 from trainer.validate import validate_run
