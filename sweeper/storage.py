@@ -163,6 +163,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.stale_trial_callback = stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
+        if self.get_trial(trial_id).state.is_finished():
+            return  # a trial told while its batch still beats (a reused duplicate)
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, [trial_id, time.time()])
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -186,7 +188,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 
 class Heartbeat:
-    """Records a heartbeat for the given trials every ``interval`` s while a batch runs."""
+    """Records a heartbeat for the given trials every ``interval`` s while a batch runs (from
+    the moment they were asked: a trial that waits to be launched must not go stale)."""
 
     def __init__(self, storage, trial_ids: Sequence[int], interval: int | None):
         self.storage, self.trial_ids, self.interval = storage, list(trial_ids), interval

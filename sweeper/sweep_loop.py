@@ -4,9 +4,10 @@
 Several processes running the same command (on any machines, one storage) share the study:
 each counts the trials finished or running anywhere and asks for the missing ones, the two
 steps under one lock of the storage (``sweeper.ask_lock``), so together they start exactly
-``n_trials``, and the storage hands every trial to exactly one of them. While a batch runs, this process
-records a heartbeat for its trials; a trial whose process died goes stale, is failed by the
-next process that looks (``fail_stale_trials``) and queued again with the same parameters.
+``n_trials``, and the storage hands every trial to exactly one of them. From the moment it
+asks for its trials until they end, this process records their heartbeat; a trial whose
+process died goes stale, is failed by the next process that looks (``fail_stale_trials``) and
+queued again with the same parameters.
 
 A rerun resumes the study: it first fails the trials whose process died and ends their MLflow
 runs; a seeded sampler is reseeded with the number of trials already in the study (so a rerun
@@ -278,8 +279,7 @@ class SweepRunner:
                 if not trials:
                     time.sleep(min(settings.heartbeat_interval or 5, 5))  # others finish
                     continue
-                asked = [self._prepare(study, t, space, fixed, adaptive) for t in trials]
-                self._run_batch(study, storage, settings, asked)
+                self._run_batch(study, storage, settings, trials, (space, fixed, adaptive))
         finally:
             lock.close()
 
@@ -367,15 +367,45 @@ class SweepRunner:
             record_trial(self.tracker, study, trial.number)
             log.warning("trial %d interrupted by %s: failed and queued again", trial.number, name)
 
-    def _run_batch(self, study, storage, settings, asked: list) -> None:
-        asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
-        if not asked:
-            return
-        trials = [t for t, _ in asked]
+    def _run_batch(self, study, storage, settings, trials: list, plan: tuple) -> None:
+        """Sample the asked trials, launch them, tell the study. Their heartbeat beats from
+        the moment they were asked until the launch returns."""
+        ids = [t._trial_id for t in trials]
+        with Heartbeat(storage, ids, settings.heartbeat_interval):
+            asked = [self._prepare(study, t, *plan) for t in trials]
+            asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
+            if not asked:
+                return
+            trials = [t for t, _ in asked]
+            self._log_batch(study, settings, trials)
+            try:
+                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+            except KeyboardInterrupt as exc:
+                self._interrupted(study, trials, exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a joblib worker killed by the OS
+                returns = [exc] * len(trials)
+        self.job_idx += len(trials)
+        for trial, ret in zip(trials, returns, strict=True):
+            try:
+                self._tell(study, trial, ret)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another sweeper failed it as stale (this process stalled past the grace
+                # period) and queued its retry: the result that came too late is dropped.
+                log.warning(
+                    "trial %d was failed by another sweeper (no heartbeat within "
+                    "search.heartbeat.grace_period) before its result arrived; its retry "
+                    "runs it again",
+                    trial.number,
+                )
+            finally:  # the state on the trial's MLflow run, its value on the parent
+                record_trial(self.tracker, study, trial.number)
+
+    def _log_batch(self, study, settings: SearchSettings, trials: list) -> None:
         done = n_done(count_states(study))
         elapsed = time.monotonic() - self.started
         durations = finished_durations(study)
-        log.info("%s", progress_line(durations, done, settings.n_trials, elapsed, len(asked)))
+        log.info("%s", progress_line(durations, done, settings.n_trials, elapsed, len(trials)))
         for k, trial in enumerate(trials, start=1):
             sampled = trial.user_attrs.get("overrides", [])
             log.info(
@@ -385,21 +415,6 @@ class SweepRunner:
                 settings.n_trials,
                 " ".join(sampled),
             )
-        ids = [t._trial_id for t in trials]
-        try:
-            with Heartbeat(storage, ids, settings.heartbeat_interval):
-                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
-        except KeyboardInterrupt as exc:
-            self._interrupted(study, trials, exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. a joblib worker killed by the OS
-            returns = [exc] * len(trials)
-        self.job_idx += len(trials)
-        for trial, ret in zip(trials, returns, strict=True):
-            try:
-                self._tell(study, trial, ret)
-            finally:  # the state on the trial's MLflow run, its value on the parent
-                record_trial(self.tracker, study, trial.number)
 
     def _tell(self, study, trial: optuna.Trial, ret: JobReturn | Exception) -> None:
         try:
