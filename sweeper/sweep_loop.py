@@ -124,6 +124,8 @@ class SweepRunner:
             if problem:  # the default storage lives in the runs folder
                 key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
                 problems.append(f"{key}: {problem}")
+        if settings is not None:
+            problems += self._device_problems(settings)
         try:
             space = build_search_space(self.config.search, self.config, overrides, group_options)
         except ConfigError as err:
@@ -136,6 +138,27 @@ class SweepRunner:
         build_sampler(settings, space)
         build_pruner(settings)
         return settings, space, fixed
+
+    def _device_problems(self, settings: SearchSettings) -> list[str]:
+        """One trial per device: no more trials at once than devices (a process would wait
+        for a device forever), and each trial sees its one device as `cuda`."""
+        if not settings.devices:
+            return []
+        problems = []
+        at_once = self._n_jobs(settings)
+        if at_once > len(settings.devices):
+            problems.append(
+                f"search.devices: {len(settings.devices)} device(s) {list(settings.devices)} "
+                f"for {at_once} trials at once (search.n_jobs / hydra.launcher.n_jobs); "
+                "allowed: at most one trial per device"
+            )
+        device = OmegaConf.select(self.config, "train.device", default="auto")
+        if device not in ("auto", "cuda", "cuda:0"):
+            problems.append(
+                f"train.device: {device!r} with search.devices: each trial sees only its own "
+                "device, as cuda:0; allowed: auto, cuda, cuda:0"
+            )
+        return problems
 
     def _adaptive(self, fixed: list[str]):
         from trainer.optim.optimizers import is_adaptive

@@ -154,9 +154,18 @@ def run_trial(cfg: DictConfig, pool: ModelPool | None = None) -> dict[str, Any]:
     from sweeper.tracking import trial_run
 
     settings = read_settings(cfg.search)
+    device = None
+    if settings.devices:  # before anything initialises CUDA in this process
+        from sweeper.devices import claim_device, lock_folder
+
+        device = claim_device(settings.devices, lock_folder(settings.device_lock_dir))
     trial = open_trial(cfg, settings)
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
+    if device is not None:
+        trial.set_user_attr("device", device)
+        trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        log.info("trial %d runs on device %s", trial.number, device)
     with trial_run(cfg, trial) as run:
         return _train_trial(cfg, settings, trial, run, pool)
 
