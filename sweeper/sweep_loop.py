@@ -209,19 +209,23 @@ class SweepRunner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # before their MLflow runs are closed
-        self.tracker = start_sweep_run(self.config, study, fixed)
+        lock = AskLock(url, name)
+        # One parent run per study: workers that start together would each create one.
+        with lock():
+            self.tracker = start_sweep_run(self.config, study, fixed)
         close_dead_runs(self.tracker, study)
         # The sweep's log file (the lines so far included), once the sweep is known to start:
         # a sweep refused by its checks leaves no folder behind.
         set_sweep_log(results_path.parent / SWEEP_LOG)
         status = "FAILED"
         try:
-            self._loop(study, storage, settings, space, fixed, adaptive)
+            self._loop(study, storage, settings, lock, (space, fixed, adaptive))
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
+            lock.close()
             env = run_environment(self.config.paths.project_dir)
             grid = (
                 math.prod(map(len, space.grid().values())) if settings.sampler == "grid" else None
@@ -280,31 +284,27 @@ class SweepRunner:
         study.sampler = build_sampler(dataclasses.replace(settings, sampler_seed=seed), space)
         log.info("resuming study %s (%d trials): sampler seed %d", study.study_name, n, seed)
 
-    def _loop(self, study, storage, settings, space, fixed, adaptive) -> None:
+    def _loop(self, study, storage, settings, lock: AskLock, plan: tuple) -> None:
         n_jobs = self._n_jobs(settings)
         grid = isinstance(study.sampler, optuna.samplers.GridSampler)
-        lock = AskLock(storage_url(settings, self.config.paths.runs_dir), study.study_name)
-        try:
-            while True:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-                # Counting and asking are one step for all the study's sweepers: two that
-                # counted at once would both ask for the last trial.
-                with lock():
-                    room = self._room(study, settings, grid)
-                    if room is None:
-                        return
-                    trials = [study.ask() for _ in range(min(n_jobs, room))]
-                    for trial in trials:
-                        if storage.get_heartbeat_interval():
-                            storage.record_heartbeat(trial._trial_id)  # stale-able at once
-                if not trials:
-                    time.sleep(min(settings.heartbeat_interval or 5, 5))  # others finish
-                    continue
-                self._run_batch(study, storage, settings, trials, (space, fixed, adaptive))
-        finally:
-            lock.close()
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            # Counting and asking are one step for all the study's sweepers: two that counted
+            # at once would both ask for the last trial.
+            with lock():
+                room = self._room(study, settings, grid)
+                if room is None:
+                    return
+                trials = [study.ask() for _ in range(min(n_jobs, room))]
+                for trial in trials:
+                    if storage.get_heartbeat_interval():
+                        storage.record_heartbeat(trial._trial_id)  # stale-able at once
+            if not trials:
+                time.sleep(min(settings.heartbeat_interval or 5, 5))  # others finish
+                continue
+            self._run_batch(study, storage, settings, trials, plan)
 
     def _room(self, study, settings: SearchSettings, grid: bool) -> int | None:
         """How many trials this sweeper may start now (0: wait for others), None when the
