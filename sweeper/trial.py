@@ -162,6 +162,8 @@ def run_trial(cfg: DictConfig, pool: ModelPool | None = None) -> dict[str, Any]:
     trial = open_trial(cfg, settings)
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
+    if os.environ.get("SLURM_JOB_ID"):  # launched by Slurm (hydra/launcher=submitit_slurm)
+        trial.set_user_attr("slurm_job_id", os.environ["SLURM_JOB_ID"])
     if device is not None:
         trial.set_user_attr("device", device)
         trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
