@@ -22,8 +22,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from omegaconf import OmegaConf
+
+from sweeper.search_config import SearchSettings
 from trainer.errors import LorasweepError
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,27 @@ def held_device() -> str | None:
 def _cuda_initialized() -> bool:
     torch = sys.modules.get("torch")
     return bool(torch is not None and torch.cuda.is_initialized())
+
+
+def device_problems(config: Any, settings: SearchSettings, at_once: int) -> list[str]:
+    """The sweep's checks of ``search.devices``: no more trials at once than devices (a
+    process would wait for a device forever), and a trial sees its one device as ``cuda``."""
+    if not settings.devices:
+        return []
+    problems = []
+    if at_once > len(settings.devices):
+        problems.append(
+            f"search.devices: {len(settings.devices)} device(s) {list(settings.devices)} "
+            f"for {at_once} trials at once (search.n_jobs / hydra.launcher.n_jobs); "
+            "allowed: at most one trial per device"
+        )
+    device = OmegaConf.select(config, "train.device", default="auto")
+    if device not in ("auto", "cuda", "cuda:0"):
+        problems.append(
+            f"train.device: {device!r} with search.devices: each trial sees only its own "
+            "device, as cuda:0; allowed: auto, cuda, cuda:0"
+        )
+    return problems
 
 
 def claim_device(

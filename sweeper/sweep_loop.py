@@ -19,7 +19,6 @@ fails the running trials at once and queues them again with the same parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from optuna.trial import TrialState
 
 from sweeper.ask_lock import AskLock
 from sweeper.checks import run_problems
+from sweeper.devices import device_problems
 from sweeper.interrupt import Interrupted
 from sweeper.progress import finished_durations, progress_line
 from sweeper.results import (
@@ -47,6 +47,7 @@ from sweeper.results import (
     summarize,
     write_results,
 )
+from sweeper.resume import check_data, reseed
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.search_values import fixed_problems
@@ -83,9 +84,6 @@ class SweepAbortedError(LorasweepError):
 
 class ResultsNotWrittenError(Exception):
     """The results file could not be written (a full disk ...); the study itself is intact."""
-
-
-DATA_HASH_ATTR = "data_hash"
 
 
 class SweepRunner:
@@ -125,7 +123,7 @@ class SweepRunner:
                 key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
                 problems.append(f"{key}: {problem}")
         if settings is not None:
-            problems += self._device_problems(settings)
+            problems += device_problems(self.config, settings, self._n_jobs(settings))
         try:
             space = build_search_space(self.config.search, self.config, overrides, group_options)
         except ConfigError as err:
@@ -138,27 +136,6 @@ class SweepRunner:
         build_sampler(settings, space)
         build_pruner(settings)
         return settings, space, fixed
-
-    def _device_problems(self, settings: SearchSettings) -> list[str]:
-        """One trial per device: no more trials at once than devices (a process would wait
-        for a device forever), and each trial sees its one device as `cuda`."""
-        if not settings.devices:
-            return []
-        problems = []
-        at_once = self._n_jobs(settings)
-        if at_once > len(settings.devices):
-            problems.append(
-                f"search.devices: {len(settings.devices)} device(s) {list(settings.devices)} "
-                f"for {at_once} trials at once (search.n_jobs / hydra.launcher.n_jobs); "
-                "allowed: at most one trial per device"
-            )
-        device = OmegaConf.select(self.config, "train.device", default="auto")
-        if device not in ("auto", "cuda", "cuda:0"):
-            problems.append(
-                f"train.device: {device!r} with search.devices: each trial sees only its own "
-                "device, as cuda:0; allowed: auto, cuda, cuda:0"
-            )
-        return problems
 
     def _adaptive(self, fixed: list[str]):
         from trainer.optim.optimizers import is_adaptive
@@ -202,8 +179,8 @@ class SweepRunner:
         study = open_study(name, storage, settings, sampler)
         self.study_name = name
         log.info("study %s in %s: %s", name, url, space.keys)
-        self._check_data(study, space)
-        self._reseed(study, settings, space)
+        check_data(self.config, study, space)
+        reseed(study, settings, space)
         # The report rebuilds reproduction commands from these when the results file is gone.
         study.set_user_attr("fixed_overrides", list(fixed))
         with warnings.catch_warnings():
@@ -249,40 +226,6 @@ class SweepRunner:
             )
             finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
-
-    # -- a resumed study ---------------------------------------------------------------------
-    def _check_data(self, study: optuna.Study, space: SearchSpace) -> None:
-        """Record the data's hash on the study; refuse to go on when it changed since trials
-        finished on it (their values would be compared with trials on other images)."""
-        if "data" not in self.config or any(k.startswith("data.") for k in space.keys):
-            return
-        from sweeper.provenance import data_hash_of
-
-        digest = data_hash_of(self.config.data)
-        if digest is None:
-            return
-        recorded = study.user_attrs.get(DATA_HASH_ATTR)
-        finished = any(t.state in DONE for t in study.get_trials(deepcopy=False))
-        if recorded and recorded != digest and finished:
-            raise ConfigError(
-                f"data.dir: the data changed since study {study.study_name!r} began (data hash "
-                f"{recorded[:12]} recorded by its finished trials, {digest[:12]} now: images, "
-                "captions or the regularisation folder differ). Restore the data, or start a "
-                "new study with search.study_name=<a new name>"
-            )
-        if recorded != digest:
-            study.set_user_attr(DATA_HASH_ATTR, digest)
-
-    def _reseed(self, study: optuna.Study, settings: SearchSettings, space: SearchSpace) -> None:
-        """A seeded sampler starts its random stream again in every process: on a rerun it
-        would propose the first trials' parameters again. Seed it with seed + the number of
-        trials the study already has (a new study keeps the seed as given)."""
-        n = len(study.get_trials(deepcopy=False))
-        if not n or settings.sampler_seed is None or settings.sampler == "grid":
-            return
-        seed = settings.sampler_seed + n
-        study.sampler = build_sampler(dataclasses.replace(settings, sampler_seed=seed), space)
-        log.info("resuming study %s (%d trials): sampler seed %d", study.study_name, n, seed)
 
     def _loop(self, study, storage, settings, lock: AskLock, plan: tuple) -> None:
         n_jobs = self._n_jobs(settings)
