@@ -11,6 +11,7 @@ import time
 
 import pytest
 from sweep_helpers import (
+    PROJECT_DIR,
     default_storage,
     make_dataset,
     run_sweep,
@@ -134,3 +135,52 @@ def test_joblib_workers_each_run_on_their_own_device(tmp_path):
     assert len(at_once) >= 2  # the two batches of two
     assert all(a.user_attrs["device"] != b.user_attrs["device"] for a, b in at_once)
     assert {p.name for p in locks.iterdir()} == {"device-0.lock", "device-1.lock"}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_frees_its_device_for_the_worker_that_replaces_it(tmp_path):
+    data_dir = make_dataset(tmp_path)
+    args = [
+        *tiny_overrides(data_dir, tmp_path / "sweep", epochs=1),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "search.sampler.name=random",
+        "search.pruner.name=none",
+        "search.n_trials=2",
+        "search.max_failure_rate=1",  # the killed batch fails whole (joblib loses both)
+        "search.devices=[0,1]",
+        f"search.device_lock_dir={tmp_path / 'device_locks'}",
+        # Trial 1 trains slowly: the test kills its worker process while it runs.
+        "+callbacks.slow._target_=sweep_faults.SlowTrial",
+        "+callbacks.slow.trial_number=${optuna.trial_number}",
+        "+callbacks.slow.slow_trial=1",
+        "+callbacks.slow.seconds=5",
+    ]
+    url = default_storage(tmp_path)
+    with open(tmp_path / "sweep.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "-m", *args], cwd=PROJECT_DIR,
+            env=sweep_env(tmp_path, tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "trial 1 never started on a device"
+            db = tmp_path / "runs" / "lorasweep_optuna.db"
+            trials = trials_of(url) if db.exists() else []
+            if len(trials) > 1 and "device" in trials[1].user_attrs:
+                break
+            time.sleep(0.3)
+        victim, device = trials[1].user_attrs["job_worker"], trials[1].user_attrs["device"]
+        os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)  # dies holding its device
+        assert proc.wait(timeout=300) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    trials = trials_of(url)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert 1 in {t.number for t in failed} and len(complete) == 2  # the sweep went on
+    given = {t.number: (t.user_attrs.get("job_worker"), t.user_attrs["device"]) for t in trials}
+    print("device assignments around the kill:", given)
+    # The killed worker's device went to a new process (the replacement worker).
+    later = [t for t in complete if t.number > 1]
+    assert later and all(t.user_attrs["job_worker"] != victim for t in later)
+    assert device in {t.user_attrs["device"] for t in later}
