@@ -14,6 +14,7 @@ from sweep_helpers import (
     PROJECT_DIR,
     default_storage,
     make_dataset,
+    results,
     run_sweep,
     sweep_env,
     tiny_overrides,
@@ -135,6 +136,8 @@ def test_joblib_workers_each_run_on_their_own_device(tmp_path):
     assert len(at_once) >= 2  # the two batches of two
     assert all(a.user_attrs["device"] != b.user_attrs["device"] for a, b in at_once)
     assert {p.name for p in locks.iterdir()} == {"device-0.lock", "device-1.lock"}
+    listed = results(tmp_path / "sweep")["trials"]
+    assert {t["number"]: t["device"] for t in listed} == {n: d for n, (_, d) in given.items()}
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from sweep_helpers import (
     command,
     default_storage,
     make_dataset,
+    results,
     run_sweep,
     sweep_env,
     tiny_overrides,
@@ -94,3 +95,5 @@ def test_a_sweep_of_slurm_jobs_is_killed_and_its_rerun_resumes(slurm, tmp_path):
     assert len(set(jobs)) == 3 and orphan not in jobs
     assert all(t.user_attrs["job_worker"] != t.user_attrs["sweeper"] for t in complete)
     assert (sweep_dir / ".submitit").is_dir()
+    listed = {t["number"]: t.get("slurm_job_id") for t in results(sweep_dir)["trials"]}
+    assert {listed[t.number] for t in complete} == set(jobs)
