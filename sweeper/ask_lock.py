@@ -101,8 +101,11 @@ class AskLock:
             try:
                 yield
             finally:
-                connection.execute(text(unlock), params)
-                connection.commit()
+                try:
+                    connection.execute(text(unlock), params)
+                    connection.commit()
+                except Exception as exc:  # noqa: BLE001 - the server frees it with the session
+                    log.warning("search.storage: releasing the study lock failed: %s", exc)
 
     def close(self) -> None:
         if self._engine is not None:
