@@ -51,9 +51,13 @@ def _as_server_user(args: list[str]) -> list[str]:
 class PostgresServer:
     def __init__(self, bindir: Path, sock: Path):
         self.bindir, self.sock = bindir, sock
+        self.made = 0
 
-    def database(self, name: str) -> str:
-        """A new, empty database; its SQLAlchemy URL (psycopg 3, through the socket)."""
+    def database(self, prefix: str) -> str:
+        """A new, empty database (``<prefix>_<n>``); its SQLAlchemy URL (psycopg 3, through
+        the socket)."""
+        self.made += 1
+        name = f"{prefix}_{self.made}"
         subprocess.run(
             _as_server_user(
                 [str(self.bindir / "createdb"), "-h", str(self.sock), "-p", str(PORT)]
