@@ -13,6 +13,9 @@ import pytest
 
 from sweeper.ask_lock import AskLock
 
+# The PostgreSQL cases start a server (conftest.postgres).
+PG = [pytest.mark.postgres, pytest.mark.slow]
+
 HOLD = """
 import sys, time
 from sweeper.ask_lock import AskLock
@@ -50,9 +53,7 @@ def _url(kind: str, tmp_path, postgres=None) -> str:
     return f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
-@pytest.fixture(
-    params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=PG)])
 def url(request, tmp_path):
     postgres = request.getfixturevalue("postgres") if request.param == "postgresql" else None
     return _url(request.param, tmp_path, postgres)
@@ -65,9 +66,7 @@ def test_one_holder_at_a_time(url):
     assert _wait_for_lock(url, "study-a") < 1.0  # free again
 
 
-@pytest.mark.parametrize(
-    "kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=PG)])
 def test_a_killed_holder_frees_the_lock_at_once(kind, tmp_path, request):
     # (A journal lock left by a dead process is broken after ask_lock.GRACE s instead.)
     postgres = request.getfixturevalue("postgres") if kind == "postgresql" else None
@@ -79,6 +78,7 @@ def test_a_killed_holder_frees_the_lock_at_once(kind, tmp_path, request):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_postgresql_locks_each_study_apart(tmp_path, postgres):
     url = _url("postgresql", tmp_path, postgres)
     holder = _holder(url, "study-a", 3)
