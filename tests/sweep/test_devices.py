@@ -181,7 +181,9 @@ def test_a_killed_worker_frees_its_device_for_the_worker_that_replaces_it(tmp_pa
     failed = [t for t in trials if t.state.name == "FAIL"]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert 1 in {t.number for t in failed} and len(complete) == 2  # the sweep went on
-    given = {t.number: (t.user_attrs.get("job_worker"), t.user_attrs["device"]) for t in trials}
+    # (Trial 0 may have died in the killed batch before it took a device.)
+    attrs = [(t.number, t.user_attrs) for t in trials]
+    given = {n: (a.get("job_worker"), a.get("device")) for n, a in attrs}
     print("device assignments around the kill:", given)
     # The killed worker's device went to a new process (the replacement worker).
     later = [t for t in complete if t.number > 1]
