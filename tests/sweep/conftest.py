@@ -131,6 +131,15 @@ def _start_munge() -> int | None:
     return int(Path("/run/munge/munged.pid").read_text())
 
 
+def _alive(pid: int) -> bool:
+    """Running (a daemon's zombie, left for init to reap, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.fixture(scope="session")
 def slurm():
     """The environment (SLURM_CONF) of a throw-away single-node Slurm cluster: partition
@@ -181,10 +190,15 @@ def slurm():
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+        pids = []
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int((root / pid_file).read_text()), signal.SIGTERM)
-        if munged:
+                pids.append(int((root / pid_file).read_text()))
+        pids += [munged] if munged else []
+        for pid in pids:
             with contextlib.suppress(OSError):
-                os.kill(munged, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.2)  # slurmd writes its spool folder on the way out
         shutil.rmtree(root, ignore_errors=True)
