@@ -83,6 +83,9 @@ def trial_summary(trial: FrozenTrial, fixed: Sequence[str]) -> dict[str, Any]:
         "worker": attrs.get("job_worker"),
         "command": reproduce_command(fixed, attrs.get("overrides", [])),
     }
+    for where in ("device", "slurm_job_id"):  # search.devices, hydra/launcher=submitit_slurm
+        if where in attrs:
+            summary[where] = attrs[where]
     if trial.state == TrialState.FAIL and summary["fail_reason"] is None:
         summary["fail_reason"] = "the process running it stopped (no heartbeat)"
     return summary

@@ -38,6 +38,8 @@ SEARCH_KEYS = (
     "study_name",
     "max_failure_rate",
     "heartbeat",
+    "devices",
+    "device_lock_dir",
     "category_ranges",
     "params",
 )
@@ -69,6 +71,9 @@ class SearchSettings:
     heartbeat_interval: int | None
     grace_period: int | None
     max_retry: int | None
+    # One trial per device (sweeper.devices): the ids, as CUDA_VISIBLE_DEVICES takes them.
+    devices: tuple[str, ...] = ()
+    device_lock_dir: str | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -125,6 +130,10 @@ def read_settings(search: Any) -> SearchSettings:
     _check_budget(s, problems)
     heartbeat = _mapping(s.get("heartbeat"))
     _check_heartbeat(heartbeat, problems)
+    devices = _check_devices(s.get("devices"), problems)
+    lock_dir = s.get("device_lock_dir")
+    if lock_dir is not None and (not isinstance(lock_dir, str) or not lock_dir):
+        problems.append(f"search.device_lock_dir: a folder path or null, got {lock_dir!r}")
     if problems:
         raise ConfigError(problems)
     interval = heartbeat.get("interval")
@@ -144,6 +153,8 @@ def read_settings(search: Any) -> SearchSettings:
         heartbeat_interval=interval,
         grace_period=heartbeat.get("grace_period") or (2 * interval if interval else None),
         max_retry=heartbeat.get("max_retry"),
+        devices=devices,
+        device_lock_dir=lock_dir,
     )
 
 
@@ -186,6 +197,27 @@ def _check_heartbeat(heartbeat: Mapping, problems: list[str]) -> None:
     retry = heartbeat.get("max_retry")
     if retry is not None and not _int_at_least(retry, 0):
         problems.append(f"search.heartbeat.max_retry: a non-negative int or null, got {retry!r}")
+
+
+def _check_devices(devices: Any, problems: list[str]) -> tuple[str, ...]:
+    """``search.devices``: null, or distinct device ids as CUDA_VISIBLE_DEVICES takes them
+    (indices 0, 1, ... or UUIDs such as GPU-8e3f... / MIG-...)."""
+    if devices is None:
+        return ()
+    ok = (
+        isinstance(devices, list)
+        and devices
+        and all(
+            (is_int(d) and d >= 0) or (isinstance(d, str) and d and "," not in d) for d in devices
+        )
+    )
+    if not ok or len({str(d) for d in devices}) != len(devices):
+        problems.append(
+            f"search.devices: null or a non-empty list of distinct device ids (GPU indices "
+            f"0, 1, ... or GPU UUIDs, as CUDA_VISIBLE_DEVICES takes them), got {devices!r}"
+        )
+        return ()
+    return tuple(str(d) for d in devices)
 
 
 def _check_budget(s: Mapping, problems: list[str]) -> None:

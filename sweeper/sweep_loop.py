@@ -2,10 +2,12 @@
 ``n_trials`` finished (complete or pruned) trials.
 
 Several processes running the same command (on any machines, one storage) share the study:
-each counts the trials finished or running anywhere, so together they stop at ``n_trials``,
-and the storage hands every trial to exactly one of them. While a batch runs, this process
-records a heartbeat for its trials; a trial whose process died goes stale, is failed by the
-next process that looks (``fail_stale_trials``) and queued again with the same parameters.
+each counts the trials finished or running anywhere and asks for the missing ones, the two
+steps under one lock of the storage (``sweeper.ask_lock``), so together they start exactly
+``n_trials``, and the storage hands every trial to exactly one of them. From the moment it
+asks for its trials until they end, this process records their heartbeat; a trial whose
+process died goes stale, is failed by the next process that looks (``fail_stale_trials``) and
+queued again with the same parameters.
 
 A rerun resumes the study: it first fails the trials whose process died and ends their MLflow
 runs; a seeded sampler is reseeded with the number of trials already in the study (so a rerun
@@ -17,11 +19,9 @@ fails the running trials at once and queues them again with the same parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,8 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from sweeper.ask_lock import AskLock
 from sweeper.checks import run_problems
+from sweeper.devices import device_problems
 from sweeper.interrupt import Interrupted
+from sweeper.progress import finished_durations, progress_line
 from sweeper.results import (
     RESULTS_FILE,
     print_summary,
@@ -44,20 +47,19 @@ from sweeper.results import (
     summarize,
     write_results,
 )
+from sweeper.resume import check_data, reseed
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.search_values import fixed_problems
+from sweeper.storage import Heartbeat, make_storage, storage_problem, storage_url
 from sweeper.study import (
     DONE,
     build_pruner,
     build_sampler,
     count_states,
     derive_study_name,
-    make_storage,
     n_done,
     open_study,
-    storage_problem,
-    storage_url,
     tell,
 )
 from sweeper.tracking import (
@@ -82,73 +84,6 @@ class SweepAbortedError(LorasweepError):
 
 class ResultsNotWrittenError(Exception):
     """The results file could not be written (a full disk ...); the study itself is intact."""
-
-
-DATA_HASH_ATTR = "data_hash"
-
-
-class Heartbeat:
-    """Records a heartbeat for the given trials every ``interval`` s while a batch runs."""
-
-    def __init__(self, storage, trial_ids: Sequence[int], interval: int | None):
-        self.storage, self.trial_ids, self.interval = storage, list(trial_ids), interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            for trial_id in self.trial_ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
-                    log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.interval:
-            self._stop.set()
-            self._thread.join()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def progress_line(
-    durations: Sequence[float], done: int, n_trials: int, elapsed: float, parallel: int
-) -> str:
-    """Where the sweep stands: trials finished of the target, time spent by this process, and
-    an estimate of what remains (the finished trials' mean duration x the trials left, divided
-    by the trials run at once)."""
-    line = f"sweep: {done} of {n_trials} trials finished, {_duration(elapsed)} spent"
-    left = max(0, n_trials - done)
-    if durations and left:
-        mean = sum(durations) / len(durations)
-        eta = mean * math.ceil(left / max(1, parallel))
-        line += (
-            f"; about {_duration(eta)} left ({_duration(mean)} per trial over "
-            f"{len(durations)} finished, {max(1, parallel)} at a time)"
-        )
-    return line
-
-
-def _finished_durations(study: optuna.Study) -> list[float]:
-    return [
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in study.get_trials(deepcopy=False, states=DONE)
-        if t.datetime_start and t.datetime_complete and "duplicate_of" not in t.user_attrs
-    ]
 
 
 class SweepRunner:
@@ -187,6 +122,8 @@ class SweepRunner:
             if problem:  # the default storage lives in the runs folder
                 key = "search.storage" if settings.storage else "paths.runs_dir (search.storage)"
                 problems.append(f"{key}: {problem}")
+        if settings is not None:
+            problems += device_problems(self.config, settings, self._n_jobs(settings))
         try:
             space = build_search_space(self.config.search, self.config, overrides, group_options)
         except ConfigError as err:
@@ -242,26 +179,30 @@ class SweepRunner:
         study = open_study(name, storage, settings, sampler)
         self.study_name = name
         log.info("study %s in %s: %s", name, url, space.keys)
-        self._check_data(study, space)
-        self._reseed(study, settings, space)
+        check_data(self.config, study, space)
+        reseed(study, settings, space)
         # The report rebuilds reproduction commands from these when the results file is gone.
         study.set_user_attr("fixed_overrides", list(fixed))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # before their MLflow runs are closed
-        self.tracker = start_sweep_run(self.config, study, fixed)
+        lock = AskLock(url, name)
+        # One parent run per study: workers that start together would each create one.
+        with lock():
+            self.tracker = start_sweep_run(self.config, study, fixed)
         close_dead_runs(self.tracker, study)
         # The sweep's log file (the lines so far included), once the sweep is known to start:
         # a sweep refused by its checks leaves no folder behind.
         set_sweep_log(results_path.parent / SWEEP_LOG)
         status = "FAILED"
         try:
-            self._loop(study, storage, settings, space, fixed, adaptive)
+            self._loop(study, storage, settings, lock, (space, fixed, adaptive))
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
+            lock.close()
             env = run_environment(self.config.paths.project_dir)
             grid = (
                 math.prod(map(len, space.grid().values())) if settings.sampler == "grid" else None
@@ -286,71 +227,48 @@ class SweepRunner:
             finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
 
-    # -- a resumed study ---------------------------------------------------------------------
-    def _check_data(self, study: optuna.Study, space: SearchSpace) -> None:
-        """Record the data's hash on the study; refuse to go on when it changed since trials
-        finished on it (their values would be compared with trials on other images)."""
-        if "data" not in self.config or any(k.startswith("data.") for k in space.keys):
-            return
-        from sweeper.provenance import data_hash_of
-
-        digest = data_hash_of(self.config.data)
-        if digest is None:
-            return
-        recorded = study.user_attrs.get(DATA_HASH_ATTR)
-        finished = any(t.state in DONE for t in study.get_trials(deepcopy=False))
-        if recorded and recorded != digest and finished:
-            raise ConfigError(
-                f"data.dir: the data changed since study {study.study_name!r} began (data hash "
-                f"{recorded[:12]} recorded by its finished trials, {digest[:12]} now: images, "
-                "captions or the regularisation folder differ). Restore the data, or start a "
-                "new study with search.study_name=<a new name>"
-            )
-        if recorded != digest:
-            study.set_user_attr(DATA_HASH_ATTR, digest)
-
-    def _reseed(self, study: optuna.Study, settings: SearchSettings, space: SearchSpace) -> None:
-        """A seeded sampler starts its random stream again in every process: on a rerun it
-        would propose the first trials' parameters again. Seed it with seed + the number of
-        trials the study already has (a new study keeps the seed as given)."""
-        n = len(study.get_trials(deepcopy=False))
-        if not n or settings.sampler_seed is None or settings.sampler == "grid":
-            return
-        seed = settings.sampler_seed + n
-        study.sampler = build_sampler(dataclasses.replace(settings, sampler_seed=seed), space)
-        log.info("resuming study %s (%d trials): sampler seed %d", study.study_name, n, seed)
-
-    def _loop(self, study, storage, settings, space, fixed, adaptive) -> None:
+    def _loop(self, study, storage, settings, lock: AskLock, plan: tuple) -> None:
         n_jobs = self._n_jobs(settings)
-        heartbeat = settings.heartbeat_interval
         grid = isinstance(study.sampler, optuna.samplers.GridSampler)
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-            counts = count_states(study)
-            done = n_done(counts)
-            if done >= settings.n_trials or (grid and study.sampler.is_exhausted(study)):
-                return
-            if self.failed_here > settings.max_failure_rate * settings.n_trials:
-                raise SweepAbortedError(
-                    f"{self.failed_here} trials failed in this sweep, more than "
-                    f"search.max_failure_rate={settings.max_failure_rate} x "
-                    f"n_trials={settings.n_trials}; see the fail_reason of each in the results"
-                )
-            # Without a heartbeat a dead process's RUNNING trial would never end: only then
-            # are other processes' running trials not waited for.
-            running = counts[TrialState.RUNNING.name] if heartbeat else 0
-            room = settings.n_trials - done - running
-            if room <= 0:
-                time.sleep(min(heartbeat or 5, 5))  # other workers finish the last trials
+            # Counting and asking are one step for all the study's sweepers: two that counted
+            # at once would both ask for the last trial.
+            with lock():
+                room = self._room(study, settings, grid)
+                if room is None:
+                    return
+                trials = [study.ask() for _ in range(min(n_jobs, room))]
+                for trial in trials:
+                    if storage.get_heartbeat_interval():
+                        storage.record_heartbeat(trial._trial_id)  # stale-able at once
+            if not trials:
+                time.sleep(min(settings.heartbeat_interval or 5, 5))  # others finish
                 continue
-            self._run_batch(study, storage, settings, space, fixed, adaptive, min(n_jobs, room))
+            self._run_batch(study, storage, settings, trials, plan)
 
-    def _ask(self, study, storage, space, fixed, adaptive) -> tuple[optuna.Trial, list[str]]:
-        trial = study.ask()
-        if storage.get_heartbeat_interval():
-            storage.record_heartbeat(trial._trial_id)  # stale-able from its first moment
+    def _room(self, study, settings: SearchSettings, grid: bool) -> int | None:
+        """How many trials this sweeper may start now (0: wait for others), None when the
+        study is done."""
+        counts = count_states(study)
+        done = n_done(counts)
+        if done >= settings.n_trials or (grid and study.sampler.is_exhausted(study)):
+            return None
+        if self.failed_here > settings.max_failure_rate * settings.n_trials:
+            raise SweepAbortedError(
+                f"{self.failed_here} trials failed in this sweep, more than "
+                f"search.max_failure_rate={settings.max_failure_rate} x "
+                f"n_trials={settings.n_trials}; see the fail_reason of each in the results"
+            )
+        # Without a heartbeat a dead process's RUNNING trial would never end: only then are
+        # other processes' running trials not waited for (nor counted).
+        running = counts[TrialState.RUNNING.name] if settings.heartbeat_interval else 0
+        return max(0, settings.n_trials - done - running)
+
+    def _prepare(self, study, trial, space, fixed, adaptive) -> tuple[optuna.Trial, list[str]]:
+        """The asked trial's sampled values, recorded on it, and its job's overrides."""
         try:
             values = space.suggest(trial, lambda key: OmegaConf.select(self.config, key), adaptive)
         except Exception as exc:
@@ -415,17 +333,45 @@ class SweepRunner:
             record_trial(self.tracker, study, trial.number)
             log.warning("trial %d interrupted by %s: failed and queued again", trial.number, name)
 
-    def _run_batch(self, study, storage, settings, space, fixed, adaptive, size: int) -> None:
-        asked = [self._ask(study, storage, space, fixed, adaptive) for _ in range(size)]
-        asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
-        if not asked:
-            return
-        trials = [t for t, _ in asked]
+    def _run_batch(self, study, storage, settings, trials: list, plan: tuple) -> None:
+        """Sample the asked trials, launch them, tell the study. Their heartbeat beats from
+        the moment they were asked until the launch returns."""
+        ids = [t._trial_id for t in trials]
+        with Heartbeat(storage, ids, settings.heartbeat_interval):
+            asked = [self._prepare(study, t, *plan) for t in trials]
+            asked = [(t, o) for t, o in asked if not self._reuse_duplicate(study, t)]
+            if not asked:
+                return
+            trials = [t for t, _ in asked]
+            self._log_batch(study, settings, trials)
+            try:
+                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+            except KeyboardInterrupt as exc:
+                self._interrupted(study, trials, exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a joblib worker killed by the OS
+                returns = [exc] * len(trials)
+        self.job_idx += len(trials)
+        for trial, ret in zip(trials, returns, strict=True):
+            try:
+                self._tell(study, trial, ret)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another sweeper failed it as stale (this process stalled past the grace
+                # period) and queued its retry: the result that came too late is dropped.
+                log.warning(
+                    "trial %d was failed by another sweeper (no heartbeat within "
+                    "search.heartbeat.grace_period) before its result arrived; its retry "
+                    "runs it again",
+                    trial.number,
+                )
+            finally:  # the state on the trial's MLflow run, its value on the parent
+                record_trial(self.tracker, study, trial.number)
+
+    def _log_batch(self, study, settings: SearchSettings, trials: list) -> None:
         done = n_done(count_states(study))
         elapsed = time.monotonic() - self.started
-        log.info(
-            "%s", progress_line(_finished_durations(study), done, settings.n_trials, elapsed, size)
-        )
+        durations = finished_durations(study)
+        log.info("%s", progress_line(durations, done, settings.n_trials, elapsed, len(trials)))
         for k, trial in enumerate(trials, start=1):
             sampled = trial.user_attrs.get("overrides", [])
             log.info(
@@ -435,21 +381,6 @@ class SweepRunner:
                 settings.n_trials,
                 " ".join(sampled),
             )
-        ids = [t._trial_id for t in trials]
-        try:
-            with Heartbeat(storage, ids, settings.heartbeat_interval):
-                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
-        except KeyboardInterrupt as exc:
-            self._interrupted(study, trials, exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. a joblib worker killed by the OS
-            returns = [exc] * len(trials)
-        self.job_idx += len(trials)
-        for trial, ret in zip(trials, returns, strict=True):
-            try:
-                self._tell(study, trial, ret)
-            finally:  # the state on the trial's MLflow run, its value on the parent
-                record_trial(self.tracker, study, trial.number)
 
     def _tell(self, study, trial: optuna.Trial, ret: JobReturn | Exception) -> None:
         try:

@@ -26,7 +26,8 @@ from sweeper.callbacks import (
 )
 from sweeper.checks import needs_evaluation, run_problems
 from sweeper.search_config import SearchSettings, read_settings
-from sweeper.study import build_pruner, make_storage, storage_url
+from sweeper.storage import make_storage, storage_url
+from sweeper.study import build_pruner
 from trainer.errors import LorasweepError
 from trainer.loop.callbacks import EpochScores, StopTraining, TrainingCallback, best_epoch
 from trainer.validate import validate_run
@@ -153,9 +154,20 @@ def run_trial(cfg: DictConfig, pool: ModelPool | None = None) -> dict[str, Any]:
     from sweeper.tracking import trial_run
 
     settings = read_settings(cfg.search)
+    device = None
+    if settings.devices:  # before anything initialises CUDA in this process
+        from sweeper.devices import claim_device, lock_folder
+
+        device = claim_device(settings.devices, lock_folder(settings.device_lock_dir))
     trial = open_trial(cfg, settings)
     trial.set_user_attr("output_dir", str(cfg.paths.output_dir))
     trial.set_user_attr("job_worker", worker_name())
+    if os.environ.get("SLURM_JOB_ID"):  # launched by Slurm (hydra/launcher=submitit_slurm)
+        trial.set_user_attr("slurm_job_id", os.environ["SLURM_JOB_ID"])
+    if device is not None:
+        trial.set_user_attr("device", device)
+        trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        log.info("trial %d runs on device %s", trial.number, device)
     with trial_run(cfg, trial) as run:
         return _train_trial(cfg, settings, trial, run, pool)
 

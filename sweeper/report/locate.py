@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 
-from sweeper.study import DEFAULT_DB, storage_problem
+from sweeper.storage import DEFAULT_DB, journal_path, make_storage, storage_problem
 from trainer.atomic_write import output_problem
 from trainer.errors import LorasweepError
 
@@ -35,13 +35,16 @@ def default_storage() -> str:
     return f"sqlite:///{runs_dir() / DEFAULT_DB}"
 
 
-def _sqlite_file(url: str) -> Path | None:
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+def _store_file(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return journal_path(url)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The storage at ``url``; an SQLite file must exist (creating an empty one helps no one)."""
-    path = _sqlite_file(url)
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The storage at ``url``; an SQLite or journal file must exist (creating an empty one
+    helps no one)."""
+    path = _store_file(url)
     if path is not None and not path.is_file():
         raise ReportInputError(
             f"--storage {url}: no such file; run a sweep first (python -m sweeper -m) or give "
@@ -50,7 +53,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     problem = storage_problem(url)
     if problem:
         raise ReportInputError(f"--storage: {problem}")
-    return optuna.storages.RDBStorage(url)
+    return make_storage(url)
 
 
 def check_output(out: Path) -> None:

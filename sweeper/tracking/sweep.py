@@ -7,8 +7,9 @@
 
 The parent's id and the tracking URI are stored on the Optuna study (user attributes), so a
 rerun of the same study reopens the same parent run, and the report finds the MLflow side of a
-study from its storage alone. Two workers starting a new study at the same instant may each
-create a parent; their trials then nest under the one each started.
+study from its storage alone. Workers starting a new study together call this one at a time
+(under the study's storage lock, ``sweeper.ask_lock``): the first creates the parent, the others
+reopen it, so every trial of the study nests under one parent run.
 """
 
 from __future__ import annotations

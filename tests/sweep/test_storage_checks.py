@@ -11,7 +11,7 @@ import pytest
 from sweep_helpers import PROJECT_DIR, make_dataset, run_sweep, sweep_env, tiny_overrides
 
 from sweeper.report.__main__ import main as report_main
-from sweeper.study import storage_problem
+from sweeper.storage import storage_problem
 
 CLOSED_PORT = "postgresql+psycopg://u:secret@127.0.0.1:1/db"
 

@@ -46,14 +46,19 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240):
     raise AssertionError("timed out")
 
 
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed_one(
-    shared, tmp_path
+    shared, tmp_path, storage
 ):
     data_dir, cache = shared
     sweep_dir, env = tmp_path / "sweep", sweep_env(tmp_path, cache)
     env["LORASWEEP_MLRUNS_DIR"] = str(tmp_path / "mlruns")
-    url = default_storage(tmp_path)
+    # The embedded SQLite file, or Optuna's journal file: the same heartbeat and retry.
+    store = tmp_path / "optuna.journal" if storage == "journal" else None
+    url = f"journal://{store}" if store else default_storage(tmp_path)
+    store = store or tmp_path / "runs" / "lorasweep_optuna.db"
     args = [
+        *([f"search.storage='{url}'"] if storage == "journal" else []),
         *tiny_overrides(data_dir, sweep_dir, epochs=1),
         "search.sampler.name=random",
         "search.sampler.seed=0",
@@ -73,7 +78,7 @@ def test_a_killed_sweep_resumes_keeping_completed_trials_and_retrying_the_killed
         )  # fmt: skip
 
         def second_trial_running():
-            if not (tmp_path / "runs" / "lorasweep_optuna.db").exists():
+            if not store.exists():
                 return None
             trials = trials_of(url)
             states = [t.state for t in trials]

@@ -60,7 +60,7 @@ def test_a_pruned_configuration_stays_pruned_and_failed_ones_are_tried_again():
 
 
 def test_progress_line_says_where_the_sweep_stands_and_what_remains():
-    from sweeper.sweep_loop import progress_line
+    from sweeper.progress import progress_line
 
     assert progress_line([], 0, 20, 3.2, 1) == "sweep: 0 of 20 trials finished, 3s spent"
     line = progress_line([60.0, 120.0], 2, 6, 185.0, 2)
