@@ -50,10 +50,17 @@ def test_shipped_base_model_loads_through_load_model_and_trains_a_lora_step(comp
     assert components.unet.config.cross_attention_dim == text_hidden
     assert components.vae_scale_factor == 4  # 3 VAE blocks: 16x16 latents of 64 px images
     assert components.latent_scaling_factor != 0.18215  # measured on the world's latents
-    # The text encoder is the CLIP scorer's text tower: the same weights.
+    # The text encoder started as the CLIP scorer's text tower (same architecture and keys) and
+    # was then trained with the UNet (--text-encoder-lr in its record): its weights moved.
     scorer = load_clip(str(CLIP))
-    for name, tensor in components.text_encoder.state_dict().items():
-        assert torch.equal(tensor, scorer.model.text_model.state_dict()[name]), name
+    tower = scorer.model.text_model.state_dict()
+    encoder = components.text_encoder.state_dict()
+    assert set(encoder) == set(tower)
+    assert all(encoder[k].shape == tower[k].shape for k in encoder)
+    assert not torch.equal(encoder["embeddings.token_embedding.weight"],
+                           tower["embeddings.token_embedding.weight"])  # fmt: skip
+    record = json.loads((BASE / "world_training.json").read_text())
+    assert "--text-encoder-lr" in record["command"]
     result = train_from_config(cfg)
     assert result.global_step == 1
     assert torch.isfinite(torch.tensor(result.last_loss))
