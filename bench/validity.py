@@ -1,7 +1,8 @@
 """``python -m bench validity``: do the project's scores pick what the world's oracle picks?
 
-On the world (``model=world data=world eval=world``: a base model, scorers and an oracle trained
-in a small world whose ground truth is known, see ``world/``), this benchmark
+On the world (``+experiment=world``: ``model=world data=world eval=world`` and the world's
+recipe; a base model, scorers and an oracle trained in a small world whose ground truth is
+known, see ``world/``), this benchmark
 
 1. checks the base model before any LoRA: the oracle's attribute accuracy on base-world prompts
    and how often the subject appears for subject prompts (it should not: it was held out);
@@ -355,9 +356,7 @@ def _fmt(values) -> str:
 
 def grid_overrides(opts: ValidityOptions, sweep_dir: Path) -> list[str]:
     return [
-        "model=world",
-        "data=world",
-        "eval=world",
+        "+experiment=world",
         "search=rank_alpha_grid",
         "~search.params.network.alpha",
         f"search.params.network.dim.choices={_fmt(opts.dims)}",
@@ -402,11 +401,12 @@ def run_grid(opts: ValidityOptions, work: Path) -> tuple[list[RunRecord], float,
 
 
 def default_point(opts: ValidityOptions) -> tuple:
-    """The project's default recipe as a grid key (its unet_lr falls back to optimizer.lr)."""
+    """The world's default recipe (``+experiment=world``) as a grid key (its unet_lr falls back
+    to optimizer.lr)."""
     from bench.runs import compose_run
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_run(["model=world", "data=world", "eval=world"], Path(tmp), Path(tmp))
+        cfg = compose_run(["+experiment=world"], Path(tmp), Path(tmp))
         lr = cfg.optimizer.unet_lr if cfg.optimizer.unet_lr is not None else cfg.optimizer.lr
         return tuple(sorted({"network.dim": float(cfg.network.dim),
                              "optimizer.unet_lr": float(lr)}.items()))  # fmt: skip
@@ -464,7 +464,8 @@ def validity_bench(
     row("strength diagnosis agrees", agree.strength_agrees)
 
     block.settings = [
-        "model=world data=world eval=world (trained world base model, scorers and oracle), CPU",
+        "+experiment=world (model=world data=world eval=world: the trained world base model, "
+        "scorers and oracle), CPU",
         f"grid: optimizer.unet_lr {list(opts.lrs)} x network.dim {list(opts.dims)} = "
         f"{opts.grid_size} runs, {opts.epochs} epochs each, every epoch evaluated at strengths "
         f"{list(opts.strengths)}",
