@@ -148,9 +148,15 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def sample_timesteps(
-        self, components: Any, batch_size: int, generator: torch.Generator, device: torch.device
+        self,
+        components: Any,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+        latent_shape: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """One training timestep (or sigma) per sample."""
+        """One training timestep (or sigma) per sample; ``latent_shape``: the batch's latents'
+        shape, for samplers that shift by resolution (Flux's ``flux_shift``)."""
 
     @abstractmethod
     def add_noise(

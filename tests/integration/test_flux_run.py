@@ -1,0 +1,58 @@
+"""``model=tiny_flux`` through the composed config tree: the run trains the transformer's double-
+and single-block Linear layers (and CLIP-L when asked), saves a file with kohya's Flux prefixes
+and metadata, and Flux refuses what it does not support before loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.errors import ConfigError
+from trainer.networks.kohya_format import read_lora
+from trainer.run import train_from_config
+
+SHORT = ("model=tiny_flux", "train.max_train_steps=3", "train.batch_size=2")
+
+
+def test_tiny_flux_run_trains_and_saves_kohya_flux_names(compose):
+    cfg = compose(*SHORT, "train.gradient_checkpointing=true")
+    result = train_from_config(cfg)
+    assert result.global_step == 3
+    assert all(loss == loss and loss > 0 for loss in result.epoch_losses.values())  # finite
+    state_dict, meta = read_lora(result.saved[-1].path)
+    modules = {k.split(".")[0] for k in state_dict}
+    unet = {m for m in modules if m.startswith("lora_unet_")}
+    # 14 Linear layers in the double block, 6 in the single block, all under BFL's names.
+    assert len(unet) == 20
+    assert {
+        "lora_unet_double_blocks_0_img_attn_proj",
+        "lora_unet_double_blocks_0_img_mlp_0",
+        "lora_unet_double_blocks_0_txt_mod_lin",
+        "lora_unet_single_blocks_0_linear2",
+        "lora_unet_single_blocks_0_modulation_lin",
+    } <= unet
+    assert meta["ss_base_model_version"] == "flux1"
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora"
+
+
+def test_frozen_text_encoders_train_the_transformer_only(compose):
+    cfg = compose(*SHORT, "network.train_text_encoder=false", "model.timestep_sampling=flux_shift",
+                  "model.loss_weighting=cosmap")  # fmt: skip
+    result = train_from_config(cfg)
+    state_dict, _ = read_lora(result.saved[-1].path)
+    assert state_dict and all(k.startswith("lora_unet_") for k in state_dict)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.min_snr_gamma=5", "train.min_snr_gamma: 5 is not allowed for model.family flux"),
+        ("train.noise_offset=0.05", "train.noise_offset: 0.05 is not allowed"),
+        ("model.timestep_sampling=sigma", "model.timestep_sampling: 'sigma' is not allowed"),
+        ("model.prediction_type=v_prediction", "model.prediction_type: 'v_prediction'"),
+    ],
+)
+def test_flux_refuses_what_it_does_not_support_naming_the_key(compose, override, named):
+    cfg = compose(*SHORT, override)
+    with pytest.raises(ConfigError) as caught:
+        train_from_config(cfg)
+    assert named in str(caught.value)
