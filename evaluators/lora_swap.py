@@ -30,6 +30,7 @@ from trainer.errors import BackendMissingError, ModelLoadError
 from trainer.families import family_of
 from trainer.models.components import SDComponents
 from trainer.networks import kohya_format as kf
+from trainer.networks.fused_modules import fused_name
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,27 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
             shape = _shape_of(component, module)
             if shape is not None and path:
                 index[family.kohya_module_name(component, path)] = shape
-    return index
+    return _fuse_index(index)
+
+
+def _fuse_index(index: dict[str, ModuleShape]) -> dict[str, ModuleShape]:
+    """Slices of one fused module (Flux's ``..._qkv_part0``) as that module, as files hold it
+    (``trainer.networks.fused_modules``): the parts' input, their outputs summed."""
+    out: dict[str, ModuleShape] = {}
+    for name, shape in index.items():
+        parsed = fused_name(name)
+        if parsed is None:
+            out[name] = shape
+            continue
+        base = out.get(parsed[0])
+        out[parsed[0]] = (
+            shape
+            if base is None
+            else ModuleShape(
+                base.component, base.in_features, base.out_features + shape.out_features
+            )
+        )
+    return out
 
 
 def _split_key(key: str) -> tuple[str, str] | None:

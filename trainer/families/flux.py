@@ -288,8 +288,14 @@ class FluxFamily(ModelFamily):
                 f"component must be one of {', '.join(self.kohya_prefixes)}, got {component!r}"
             )
         if component == "unet":
-            bfl, part = bfl_module(module_path)
-            # A slice of a fused BFL Linear is trained as its own module; ``_part<i>`` marks it.
+            try:
+                bfl, part = bfl_module(module_path)
+            except ValueError:
+                # Outside the blocks kohya adapts (embedders, final layer): never in our files;
+                # named by the diffusers path so that every layer has a name.
+                return f"{prefix}_{module_path.replace('.', '_')}"
+            # A slice of a fused BFL Linear is trained as its own module, ``_part<i>``; the
+            # file holds the fused module (trainer.networks.fused_modules).
             module_path = bfl if part is None else f"{bfl}_part{part}"
         elif not module_path.startswith("text_model."):
             module_path = "text_model." + module_path  # CLIPTextModel, flat in transformers 5
