@@ -21,9 +21,13 @@ def test_tiny_flux_run_trains_and_saves_kohya_flux_names(compose):
     state_dict, meta = read_lora(result.saved[-1].path)
     modules = {k.split(".")[0] for k in state_dict}
     unet = {m for m in modules if m.startswith("lora_unet_")}
-    # 14 Linear layers in the double block, 6 in the single block, all under BFL's names.
-    assert len(unet) == 20
+    # 14 Linear layers in the double block, 6 in the single block, saved as BFL's 10 + 3
+    # modules (q / k / v in one qkv; q / k / v / mlp in linear1).
+    assert len(unet) == 13
     assert {
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_double_blocks_0_txt_attn_qkv",
+        "lora_unet_single_blocks_0_linear1",
         "lora_unet_double_blocks_0_img_attn_proj",
         "lora_unet_double_blocks_0_img_mlp_0",
         "lora_unet_double_blocks_0_txt_mod_lin",
