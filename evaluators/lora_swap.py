@@ -164,6 +164,9 @@ def _raise_if_unfit(path: Path, problems: list[str], where: str, show: int = 8) 
     )
 
 
+_DENOISERS = ("unet", "transformer")  # the pipelines' names of the denoiser
+
+
 class _PeftAdapter:
     """A kohya LoRA / LoCon file through diffusers' loader (peft layers, per-part weights)."""
 
@@ -174,11 +177,13 @@ class _PeftAdapter:
             warnings.simplefilter("ignore")  # diffusers' deprecation notes, not our problem
             pipeline.load_lora_weights(tensors, adapter_name=ADAPTER)
         adapters = pipeline.get_list_adapters()
-        self.parts = tuple(c for c, names in adapters.items() if ADAPTER in names)
+        self._components = tuple(c for c, names in adapters.items() if ADAPTER in names)
+        # The denoiser is the "unet" part whatever the pipeline calls it (Flux: transformer).
+        self.parts = tuple("unet" if c in _DENOISERS else c for c in self._components)
 
     def set_strength(self, unet: float, text_encoder: float) -> None:
         # Every text encoder (SDXL's two) takes the text-encoder strength.
-        wanted = {p: float(unet if p == "unet" else text_encoder) for p in self.parts}
+        wanted = {p: float(unet if p in _DENOISERS else text_encoder) for p in self._components}
         self.pipeline.set_adapters([ADAPTER], [wanted])
 
     def remove(self) -> None:
@@ -284,7 +289,12 @@ class LoraSlot:
         if lycoris:
             self.adapter = _LycorisAdapter(self.components, state_dict, str(path))
         else:
-            self.adapter = _PeftAdapter(self.pipeline, state_dict, self.components.unet.dtype)
+            family = family_of(self.components)
+            self.adapter = _PeftAdapter(
+                self.pipeline,
+                family.diffusers_lora(self.components, state_dict),
+                self.components.unet.dtype,
+            )
         self.loaded, self.signature = path.resolve(), _signature(path)
         self.strength = None
         self.set_strength(1.0, 1.0)

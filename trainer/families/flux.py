@@ -229,6 +229,10 @@ class FluxFamily(ModelFamily):
         sigmas = sample_sigmas(components.flow, batch_size, generator, latent_shape)
         return to_device(sigmas, torch.device(device))
 
+    def fixed_timesteps(self, components, timestep: int, batch_size: int) -> torch.Tensor:
+        total = components.noise_scheduler.config.num_train_timesteps
+        return torch.full((batch_size,), timestep / total, dtype=torch.float32)
+
     def add_noise(self, components, latents, noise, timesteps) -> torch.Tensor:
         sigmas = timesteps.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
         return (1 - sigmas) * latents + sigmas * noise
@@ -300,6 +304,42 @@ class FluxFamily(ModelFamily):
         elif not module_path.startswith("text_model."):
             module_path = "text_model." + module_path  # CLIPTextModel, flat in transformers 5
         return f"{prefix}_{module_path.replace('.', '_')}"
+
+    def diffusers_lora(self, components, state_dict: Mapping[str, torch.Tensor]) -> dict:
+        """diffusers' own (peft) format: every fused BFL module split into the diffusers layers
+        it stands for, alpha / rank folded into the up weights. diffusers' kohya converter
+        splits ``linear1`` at FLUX.1's hard-coded widths; this split reads the widths from the
+        model, so any Flux-shaped transformer (tiny_flux too) takes the file."""
+        from trainer.networks.fused_modules import fused_name
+        from trainer.networks.kohya_format import ALPHA_SUFFIX, DOWN_SUFFIX, UP_SUFFIX
+
+        layers: dict[str, list[tuple[str, str, int]]] = {}  # kohya name -> parts
+        for component, model in (
+            ("transformer", components.transformer),
+            ("text_encoder", components.text_encoder),
+        ):
+            kind = "unet" if component == "transformer" else component
+            for path in self.lora_targets(kind, model, with_conv=False):
+                out = model.get_submodule(path)
+                out = getattr(out, "base_layer", out).out_features
+                name = self.kohya_module_name(kind, path)
+                parsed = fused_name(name)
+                base, index = parsed if parsed else (name, 0)
+                layers.setdefault(base, []).insert(index, (component, path, out))
+        converted: dict[str, torch.Tensor] = {}
+        for name in sorted({k.split(".")[0] for k in state_dict}):
+            parts = layers.get(name)
+            if parts is None:
+                raise ValueError(f"{name}: no layer of this Flux model has that kohya name")
+            down, up = state_dict[name + DOWN_SUFFIX], state_dict[name + UP_SUFFIX]
+            rank = down.shape[0]
+            alpha = state_dict.get(name + ALPHA_SUFFIX)
+            up = up * (float(alpha) / rank if alpha is not None else 1.0)
+            rows = torch.split(up, [out for _, _, out in parts], dim=0)
+            for (component, path, _), block in zip(parts, rows, strict=True):
+                converted[f"{component}.{path}.lora_A.weight"] = down
+                converted[f"{component}.{path}.lora_B.weight"] = block
+        return converted
 
     def lycoris_preset(self, preset: str) -> dict:
         raise ConfigError(
