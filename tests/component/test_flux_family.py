@@ -154,6 +154,17 @@ def test_flow_keys_are_checked_naming_key_value_and_allowed():
     assert ok.flow == FlowSettings()
 
 
+def test_a_single_file_transformer_needs_the_other_parts(tmp_path):
+    transformer = tmp_path / "flux1-dev.safetensors"
+    transformer.write_bytes(b"")
+    with pytest.raises(ConfigError, match="model.components: None is not allowed when"):
+        read_model_settings({"family": "flux", "path": str(transformer)})
+    got = read_model_settings(
+        {"family": "flux", "path": str(transformer), "components": "black-forest-labs/FLUX.1-dev"}
+    )
+    assert got.components == "black-forest-labs/FLUX.1-dev"
+
+
 def test_flux_shape_is_flux1_dev_on_the_meta_device():
     c = build_flux_shape_components(device="meta")
     modules = {"transformer": c.transformer, "t5": c.text_encoder_2, "clip": c.text_encoder}

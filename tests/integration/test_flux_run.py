@@ -36,6 +36,15 @@ def test_tiny_flux_run_trains_and_saves_kohya_flux_names(compose):
     } <= unet
     assert meta["ss_base_model_version"] == "flux1"
     assert meta["modelspec.architecture"] == "flux-1-dev/lora"
+    # kohya's sai_model_spec: BFL's code as the implementation, no prediction type for Flux.
+    assert meta["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
+    assert "modelspec.prediction_type" not in meta
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    # kohya's flux_train_network.update_metadata keys, with the recommended settings.
+    assert meta["ss_timestep_sampling"] == "shift"
+    assert float(meta["ss_discrete_flow_shift"]) == 3.1582
+    assert float(meta["ss_guidance_scale"]) == 1.0
+    assert meta["ss_model_prediction_type"] == "raw"
 
 
 def test_frozen_text_encoders_train_the_transformer_only(compose):

@@ -94,6 +94,8 @@ class ModelFamily(ABC):
     #: Textual-inversion file key of each text encoder when the family has several (SDXL:
     #: ``clip_l`` / ``clip_g``); None: one encoder, WebUI's single-tensor format.
     embedding_keys: Mapping[str, str] | None = None
+    #: kohya's ``--network_module`` for LoRA on this family (``ss_network_module``).
+    kohya_lora_module: str = "networks.lora"
 
     # --- loading ---------------------------------------------------------------------------
 

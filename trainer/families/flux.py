@@ -159,6 +159,7 @@ class FluxFamily(ModelFamily):
     # sai-modelspec's id for FLUX.1-dev (what kohya writes: sai_model_spec.ARCH_FLUX_1_DEV).
     modelspec_architecture = "flux-1-dev"
     kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1"}
+    kohya_lora_module = "networks.lora_flux"  # kohya's Flux LoRA network
     native_geometry = BucketGeometry(
         resolution=1024, min_bucket_reso=256, max_bucket_reso=2048, bucket_reso_steps=64
     )

@@ -73,3 +73,20 @@ def read_flow_settings(model_cfg: Any) -> tuple[FlowSettings, list[str]]:
     if problems:
         return FlowSettings(), problems
     return FlowSettings(**{k: float(v) if k in _FLOATS else v for k, v in got.items()}), []
+
+
+def kohya_flow_metadata(flow: FlowSettings) -> dict:
+    """The ``ss_*`` keys kohya's ``flux_train_network.py`` (``update_metadata``) writes, without
+    the prefix; ``model_prediction_type`` is always raw here."""
+    return {
+        "model_type": "flux",
+        "apply_t5_attn_mask": False,
+        "weighting_scheme": flow.loss_weighting,
+        "logit_mean": flow.logit_mean,
+        "logit_std": flow.logit_std,
+        "guidance_scale": flow.guidance_scale,
+        "timestep_sampling": flow.timestep_sampling,
+        "sigmoid_scale": flow.sigmoid_scale,
+        "model_prediction_type": "raw",
+        "discrete_flow_shift": flow.discrete_flow_shift,
+    }

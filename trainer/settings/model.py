@@ -84,6 +84,13 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
     if family == "flux":
         flow, flow_problems = read_flow_settings(model_cfg)
         problems += flow_problems
+        single_file = Path(str(path)).suffix.lower() in MODEL_SUFFIXES
+        if single_file and not value(model_cfg, "components", None):
+            problems.append(
+                "model.components: None is not allowed when model.path is a single-file Flux "
+                "transformer; allowed: a diffusers Flux folder or hub id holding the VAE, "
+                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev)"
+            )
     built_in_family = BUILT_IN_FAMILY.get(path)
     if built_in_family is not None and not problems and built_in_family != family:
         problems.append(
