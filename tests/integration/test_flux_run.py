@@ -69,3 +69,19 @@ def test_flux_refuses_what_it_does_not_support_naming_the_key(compose, override,
     with pytest.raises(ConfigError) as caught:
         train_from_config(cfg)
     assert named in str(caught.value)
+
+
+def test_kohyas_flux_recipe_composes_with_its_numbers(compose):
+    from trainer.validate import validate_run
+
+    spec = validate_run(compose("+experiment=flux_kohya", "model=tiny_flux"))
+    assert (spec.network.dim, spec.network.alpha, spec.network.train_text_encoder) == (
+        16,
+        1,
+        False,
+    )
+    assert (spec.optimizer.name, spec.optimizer.unet_lr) == ("AdamW8bit", 1e-4)
+    assert spec.scheduler.name == "constant"
+    assert (spec.train.max_train_epochs, spec.train.gradient_checkpointing) == (10, True)
+    flow = spec.model.flow
+    assert (flow.timestep_sampling, flow.guidance_scale) == ("flux_shift", 1.0)

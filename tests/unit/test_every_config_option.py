@@ -39,7 +39,7 @@ def test_the_cases_cover_every_option_file():
     on_disk = {(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml") if p.parent.name != "paths"}
     assert on_disk == set(CASES)
     assert len([c for c in CASES if c[0] == "category"]) == 9  # A..I
-    assert len([c for c in CASES if c[0] == "experiment"]) == 6
+    assert len([c for c in CASES if c[0] == "experiment"]) == 8
 
 
 def _overrides(group: str, option: str, tmp_path: Path) -> list[str]:
