@@ -88,6 +88,15 @@ def test_predict_packs_and_unpacks_around_the_transformer(tiny):
     assert torch.equal(ours, FluxPipeline._unpack_latents(direct, 32, 48, 8))
 
 
+def test_latents_that_do_not_pack_are_refused_naming_the_bucket_step(tiny):
+    family = family_of(tiny)
+    cond = family.condition_batch(
+        tiny, family.encode_prompts(tiny, PROMPTS, max_token_length=75, clip_skip=1), {}
+    )
+    with pytest.raises(ValueError, match="data.bucket_reso_steps: a multiple of 16"):
+        family.predict(tiny.transformer, torch.randn(2, 16, 5, 6), torch.tensor([0.5, 0.5]), cond)
+
+
 def test_sigma_samplers_follow_kohyas_formulas():
     g = torch.Generator().manual_seed(0)
     normal = torch.randn(4096, generator=torch.Generator().manual_seed(0))

@@ -241,6 +241,11 @@ class FluxFamily(ModelFamily):
     def predict(self, denoiser, noisy, timesteps, conditioning: Conditioning) -> torch.Tensor:
         extra = conditioning.extra
         height, width = noisy.shape[-2:]
+        if height % 2 or width % 2:
+            raise ValueError(
+                f"Flux packs 2x2 latent patches: latents of {height}x{width} do not divide; "
+                "images must be multiples of 16 px (data.bucket_reso_steps: a multiple of 16)"
+            )
         guidance = extra.get("guidance")
         if guidance is None and denoiser.config.guidance_embeds:
             raise KeyError("this Flux transformer needs the guidance input (condition_batch)")
