@@ -183,3 +183,26 @@ def test_flux_shape_is_flux1_dev_on_the_meta_device():
     assert math.isclose(count["t5"], 4.76e9, rel_tol=0.01)
     assert math.isclose(count["clip"], 123e6, rel_tol=0.01)
     assert c.vae.config.latent_channels == 16 and c.vae.config.shift_factor == 0.1159
+
+
+def test_a_diffusers_flux_folder_loads_with_its_tokenizers_and_settings(tiny, tmp_path):
+    from trainer.models.loading import load_model
+
+    tiny.to_pipeline().save_pretrained(tmp_path / "flux")
+    loaded = load_model(
+        {"family": "flux", "path": str(tmp_path / "flux"), "t5_max_token_length": 32,
+         "timestep_sampling": "flux_shift"},
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert loaded.flow.timestep_sampling == "flux_shift"
+    family = family_of(loaded)
+    with torch.no_grad():
+        ours = family.encode_prompts(loaded, PROMPTS, max_token_length=75, clip_skip=1)
+        theirs = family.encode_prompts(tiny, PROMPTS, max_token_length=75, clip_skip=1)
+    assert torch.equal(ours.hidden_states, theirs.hidden_states)
+    assert torch.equal(ours.extra["pooled_projections"], theirs.extra["pooled_projections"])
+    for a, b in zip(
+        loaded.transformer.state_dict().values(), tiny.transformer.state_dict().values()
+    ):
+        assert torch.equal(a, b)
+    assert loaded.vae.config.shift_factor == tiny.vae.config.shift_factor
