@@ -85,3 +85,29 @@ def test_kohyas_flux_recipe_composes_with_its_numbers(compose):
     assert (spec.train.max_train_epochs, spec.train.gradient_checkpointing) == (10, True)
     flow = spec.model.flow
     assert (flow.timestep_sampling, flow.guidance_scale) == ("flux_shift", 1.0)
+
+
+@pytest.mark.parametrize("category", list("ABCDEFGHI"))
+def test_every_category_sweep_on_flux_passes_the_sweeps_checks(compose, category):
+    """The guide's categories compose with model=tiny_flux (no trainer documents per-category
+    Flux ranges, so their ranks are the guide's)."""
+    from sweeper.checks import run_problems
+    from sweeper.search_config import build_search_space, read_settings
+    from trainer.validate import validate_run
+
+    cfg = compose(f"+category={category}", "model=tiny_flux")
+    spec = validate_run(cfg, extra_checks=[run_problems])
+    assert spec.model.family == "flux"
+    read_settings(cfg.search)
+    build_search_space(cfg.search, cfg, [], lambda name: None)
+
+
+def test_the_guides_easy_recipe_is_refused_on_flux_for_its_min_snr(compose):
+    """+experiment=easy sets min_snr_gamma 5, a DDPM weighting Flux has no use for."""
+    from trainer.validate import validate_run
+
+    with pytest.raises(ConfigError) as raised:
+        validate_run(compose("+experiment=easy", "model=tiny_flux"))
+    assert "train.min_snr_gamma: 5 is not allowed for model.family flux; allowed: None" in (
+        raised.value.problems
+    )
