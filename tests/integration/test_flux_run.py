@@ -111,3 +111,12 @@ def test_the_guides_easy_recipe_is_refused_on_flux_for_its_min_snr(compose):
     assert "train.min_snr_gamma: 5 is not allowed for model.family flux; allowed: None" in (
         raised.value.problems
     )
+
+
+def test_a_flux_sweep_with_a_ddpm_sampler_is_refused_before_training(compose):
+    from sweeper.checks import key_problems
+
+    problems = key_problems(compose("model=tiny_flux", "eval.sampler=ddim"))
+    assert "eval.sampler: 'ddim' is not allowed for model.family flux; allowed: euler" in problems
+    assert not [p for p in key_problems(compose("model=tiny_flux", "eval.sampler=euler"))
+                if p.startswith("eval.sampler")]  # fmt: skip

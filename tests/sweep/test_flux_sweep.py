@@ -75,7 +75,6 @@ def sweep(tmp_path_factory):
             "train.progress_bar=false",
             f"hydra.sweep.dir={sweep_dir}",
             "eval.steps=2",
-            "eval.sampler=euler",
             "eval.strengths=[0.5,1.0]",
             "eval.unet_strengths=[0.5,1.0]",
             "eval.te_strengths=[0.5,1.0]",

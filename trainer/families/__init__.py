@@ -53,6 +53,8 @@ _LIMITS: dict[str, dict[str, tuple]] = {
         # Flow matching predicts the velocity; DDPM prediction types do not apply.
         "model.prediction_type": ("epsilon",),
         "train.init_embedding": (None,),
+        # Flow matching samples with its own Euler sampler (the sweeper checks eval's keys).
+        "eval.sampler": ("euler",),
     },
 }
 
