@@ -120,3 +120,12 @@ def test_a_flux_sweep_with_a_ddpm_sampler_is_refused_before_training(compose):
     assert "eval.sampler: 'ddim' is not allowed for model.family flux; allowed: euler" in problems
     assert not [p for p in key_problems(compose("model=tiny_flux", "eval.sampler=euler"))
                 if p.startswith("eval.sampler")]  # fmt: skip
+
+
+def test_flux_evaluates_with_its_own_sampler_and_guidance_by_default(compose):
+    from evaluators.settings import read_eval_settings
+
+    flux = read_eval_settings(compose("model=tiny_flux").eval)
+    assert (flux.sampler, flux.guidance_scale) == ("euler", 3.5)
+    sd = read_eval_settings(compose("model=tiny").eval)
+    assert (sd.sampler, sd.guidance_scale) == ("ddim", 7.0)
