@@ -206,3 +206,21 @@ def test_a_diffusers_flux_folder_loads_with_its_tokenizers_and_settings(tiny, tm
     ):
         assert torch.equal(a, b)
     assert loaded.vae.config.shift_factor == tiny.vae.config.shift_factor
+
+
+def test_frozen_t5_states_are_computed_once_per_prompt_while_clip_trains(tiny):
+    family = family_of(tiny)
+    calls = []
+    hook = tiny.text_encoder_2.register_forward_hook(lambda m, i, o: calls.append(i))
+    try:
+        tiny.text_encoder_2.requires_grad_(False)  # as every run freezes it
+        tiny.extra.pop("t5_states", None)
+        with torch.no_grad():
+            fresh = family.encode_prompts(tiny, PROMPTS, max_token_length=75, clip_skip=1)
+        first = family.encode_prompts(tiny, PROMPTS, max_token_length=75, clip_skip=1)
+        again = family.encode_prompts(tiny, PROMPTS[::-1], max_token_length=75, clip_skip=1)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # the no-grad encoding, then once for both prompts
+    assert torch.equal(first.hidden_states, fresh.hidden_states)
+    assert torch.equal(again.hidden_states, fresh.hidden_states.flip(0))

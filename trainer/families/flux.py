@@ -153,6 +153,31 @@ def loss_weighting(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(sigmas, dtype=torch.float32)
 
 
+def _encode_t5(components, prompts: list[str]) -> torch.Tensor:
+    t5 = components.text_encoder_2
+    ids = components.tokenizer_2(
+        prompts, padding="max_length", max_length=components.flow.t5_max_token_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids  # fmt: skip
+    return t5(ids.to(t5.device), output_hidden_states=False)[0]
+
+
+def _t5_states(components, prompts: list[str]) -> torch.Tensor:
+    """T5's states of ``prompts``. While CLIP-L trains (gradients on) the frozen T5's states
+    are computed once per prompt and kept with the components (kohya caches the frozen
+    encoders' outputs when CLIP-L trains); with gradients off the loop caches whole
+    conditionings itself."""
+    t5 = components.text_encoder_2
+    if not torch.is_grad_enabled() or any(p.requires_grad for p in t5.parameters()):
+        return _encode_t5(components, prompts)
+    cache = components.extra.setdefault("t5_states", {})
+    missing = sorted({p for p in prompts if p not in cache})
+    if missing:
+        with torch.no_grad():
+            cache.update(zip(missing, _encode_t5(components, missing), strict=True))
+    return torch.stack([cache[p] for p in prompts])
+
+
 class FluxFamily(ModelFamily):
     name = "flux"
     base_model_version = BASE_MODEL_VERSION
@@ -193,17 +218,13 @@ class FluxFamily(ModelFamily):
                 f"model.clip_skip: {clip_skip!r} is not allowed for model.family flux; allowed: 1"
             )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        clip, t5 = components.text_encoder, components.text_encoder_2
+        clip = components.text_encoder
         clip_ids = components.tokenizer(
             prompts, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
             return_tensors="pt",
         ).input_ids  # fmt: skip
         pooled = clip(clip_ids.to(clip.device), output_hidden_states=False).pooler_output
-        t5_ids = components.tokenizer_2(
-            prompts, padding="max_length", max_length=components.flow.t5_max_token_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids  # fmt: skip
-        states = t5(t5_ids.to(t5.device), output_hidden_states=False)[0]
+        states = _t5_states(components, prompts)
         txt_ids = torch.zeros(*states.shape[:2], 3, device=states.device, dtype=states.dtype)
         return Conditioning(states, {"pooled_projections": pooled, "txt_ids": txt_ids})
 
