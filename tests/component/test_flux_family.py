@@ -224,3 +224,41 @@ def test_frozen_t5_states_are_computed_once_per_prompt_while_clip_trains(tiny):
     assert len(calls) == 2  # the no-grad encoding, then once for both prompts
     assert torch.equal(first.hidden_states, fresh.hidden_states)
     assert torch.equal(again.hidden_states, fresh.hidden_states.flip(0))
+
+
+def test_the_bfl_layout_we_write_is_what_diffusers_single_file_reader_reads():
+    """FLUX.1's widths (diffusers' converter hard-codes them), one block of each kind: every
+    diffusers tensor, tagged with its own constant, comes back where it was."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+    )
+
+    from trainer.models.bfl_format import transformer_to_bfl
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    tagged = {
+        k: torch.full((), float(i), dtype=torch.bfloat16).expand(shape)
+        for i, (k, shape) in enumerate(shapes.items())
+    }
+    bfl = transformer_to_bfl(tagged)
+    assert "double_blocks.0.img_attn.qkv.weight" in bfl and "single_blocks.0.linear1.bias" in bfl
+    assert "final_layer.adaLN_modulation.1.weight" in bfl and "guidance_in.in_layer.weight" in bfl
+    back = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert set(back) == set(shapes)
+    for i, (key, shape) in enumerate(shapes.items()):
+        got = back[key]
+        assert got.shape == shape, key
+        assert float(got.amin()) == float(got.amax()) == float(i), key
+    # diffusers' final modulation is (scale, shift); BFL's is (shift, scale).
+    swapped = transformer_to_bfl({"norm_out.linear.bias": torch.arange(4.0)})
+    assert swapped["final_layer.adaLN_modulation.1.bias"].tolist() == [2.0, 3.0, 0.0, 1.0]
+    back = convert_flux_transformer_checkpoint_to_diffusers(
+        {
+            **bfl,
+            "final_layer.adaLN_modulation.1.bias": swapped["final_layer.adaLN_modulation.1.bias"],
+        }
+    )
+    assert back["norm_out.linear.bias"].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -25,7 +25,6 @@ What differs from the SD families, and where it comes from:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,54 +36,11 @@ from trainer.device import to_device
 from trainer.errors import ConfigError
 from trainer.families.base import BucketGeometry, Conditioning, ModelFamily
 from trainer.loop import noise as ddpm
+from trainer.models.bfl_format import BLOCK, bfl_module
 from trainer.networks import lora
 
 BASE_MODEL_VERSION = "flux1"  # kohya's library/flux_utils.py: MODEL_VERSION_FLUX_V1
 CLIP_LENGTH = 77
-
-# diffusers' module path inside a block -> BFL's module path and the part of it (None: the
-# whole BFL module; an index: that slice of BFL's fused Linear, in BFL's order).
-_DOUBLE = {
-    "norm1.linear": ("img_mod.lin", None),
-    "norm1_context.linear": ("txt_mod.lin", None),
-    "attn.to_q": ("img_attn.qkv", 0),
-    "attn.to_k": ("img_attn.qkv", 1),
-    "attn.to_v": ("img_attn.qkv", 2),
-    "attn.to_out.0": ("img_attn.proj", None),
-    "attn.add_q_proj": ("txt_attn.qkv", 0),
-    "attn.add_k_proj": ("txt_attn.qkv", 1),
-    "attn.add_v_proj": ("txt_attn.qkv", 2),
-    "attn.to_add_out": ("txt_attn.proj", None),
-    "ff.net.0.proj": ("img_mlp.0", None),
-    "ff.net.2": ("img_mlp.2", None),
-    "ff_context.net.0.proj": ("txt_mlp.0", None),
-    "ff_context.net.2": ("txt_mlp.2", None),
-}
-_SINGLE = {
-    "norm.linear": ("modulation.lin", None),
-    "attn.to_q": ("linear1", 0),
-    "attn.to_k": ("linear1", 1),
-    "attn.to_v": ("linear1", 2),
-    "proj_mlp": ("linear1", 3),
-    "proj_out": ("linear2", None),
-}
-_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
-_BFL_BLOCKS = {"transformer_blocks": "double_blocks", "single_transformer_blocks": "single_blocks"}
-
-
-def bfl_module(module_path: str) -> tuple[str, int | None]:
-    """(BFL path, part) of a diffusers transformer module that kohya's Flux LoRA adapts:
-    ``transformer_blocks.0.attn.to_k`` -> (``double_blocks.0.img_attn.qkv``, 1)."""
-    match = _BLOCK.match(module_path)
-    table = {"transformer_blocks": _DOUBLE, "single_transformer_blocks": _SINGLE}
-    inner = table[match.group(1)].get(match.group(3)) if match else None
-    if inner is None:
-        raise ValueError(
-            f"{module_path!r} is not a module of a Flux double / single block that kohya's "
-            "Flux LoRA adapts"
-        )
-    bfl, part = inner
-    return f"{_BFL_BLOCKS[match.group(1)]}.{match.group(2)}.{bfl}", part
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -299,7 +255,7 @@ class FluxFamily(ModelFamily):
         if component == "unet":
             targets = {}
             for path, child in module.named_modules():
-                if isinstance(child, nn.Linear) and _BLOCK.match(path):
+                if isinstance(child, nn.Linear) and BLOCK.match(path):
                     try:
                         bfl_module(path)
                     except ValueError:
@@ -378,6 +334,12 @@ class FluxFamily(ModelFamily):
 
     def pipeline(self, components, scheduler=None):
         return components.to_pipeline(scheduler)
+
+    def save_checkpoint(self, components, path, dtype=None, metadata=None) -> Path:
+        """BFL's single-file transformer (what ``model.path`` reads, with ``components``)."""
+        from trainer.models.bfl_format import save_bfl_transformer
+
+        return save_bfl_transformer(components.transformer, path, dtype)
 
     def generation_inputs(
         self, positive: Conditioning, negative: Conditioning

@@ -64,6 +64,20 @@ def load_pretrained(source: str, flow: FlowSettings, key: str = "model.path") ->
         ) from error
 
 
+def _single_file_config(value: str) -> Path:
+    """The config folder (``transformer/config.json``) a BFL single file is read with."""
+    if value == "flux":
+        return loading.BUNDLED_CONFIGS / "flux"
+    folder = Path(value).expanduser()
+    if not (folder / "transformer" / "config.json").is_file():
+        raise ConfigError(
+            f"model.single_file_config: {value!r} is not allowed for model.family flux; "
+            "allowed: 'flux' (the bundled FLUX.1-dev config) or a diffusers Flux folder "
+            "containing transformer/config.json"
+        )
+    return folder
+
+
 def load_single_file(path: Path, settings: ModelSettings) -> dict:
     """BFL's transformer file plus the other parts from ``model.components``."""
     if not settings.components:
@@ -73,11 +87,11 @@ def load_single_file(path: Path, settings: ModelSettings) -> dict:
             "tokenizers"
         )
     location, local = _where(settings.components)
+    config = _single_file_config(settings.single_file_config)
     try:
         transformer = FluxTransformer2DModel.from_single_file(
-            str(path), config=str(loading.BUNDLED_CONFIGS / "flux"), subfolder="transformer",
-            local_files_only=True,
-        )  # fmt: skip
+            str(path), config=str(config), subfolder="transformer", local_files_only=True
+        )
     except _LOAD_ERRORS as error:
         raise ModelLoadError(
             f"model.path: {path}: cannot read it as a BFL Flux transformer ({error})"

@@ -106,7 +106,10 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
         prediction_type=prediction_type,
         clip_skip=clip_skip,
         vae=value(model_cfg, "vae", None) or None,
-        single_file_config=str(value(model_cfg, "single_file_config", None) or "sd15"),
+        single_file_config=str(
+            value(model_cfg, "single_file_config", None)
+            or ("flux" if family == "flux" else "sd15")
+        ),
         flow=flow,
         components=value(model_cfg, "components", None) or None,
     )
