@@ -19,7 +19,9 @@ What differs from the SD families, and where it comes from:
   image ids; ``predict`` packs and unpacks, so the loop keeps its ``[B, 16, h, w]`` latents.
 * LoRA: every Linear layer of the double- and single-stream blocks (kohya's ``lora_flux``
   targets ``DoubleStreamBlock`` / ``SingleStreamBlock``), named by their BFL modules under
-  ``lora_unet_``; CLIP-L as ``lora_te1_``.
+  ``lora_unet_``; CLIP-L as ``lora_te1_``. The slices of BFL's fused qkv / linear1 (diffusers'
+  separate q, k, v, MLP-in layers) train apart and are saved fused
+  (``trainer.networks.fused_modules``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from trainer.errors import ConfigError
 from trainer.families.base import BucketGeometry, Conditioning, ModelFamily
 from trainer.loop import noise as ddpm
 from trainer.models.bfl_format import BLOCK, bfl_module
+from trainer.models.flux import BASE_MODEL_VERSION  # kohya's "flux1"
 from trainer.networks import lora
 
-BASE_MODEL_VERSION = "flux1"  # kohya's library/flux_utils.py: MODEL_VERSION_FLUX_V1
 CLIP_LENGTH = 77
 
 
