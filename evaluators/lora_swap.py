@@ -30,6 +30,7 @@ from trainer.errors import BackendMissingError, ModelLoadError
 from trainer.families import family_of
 from trainer.models.components import SDComponents
 from trainer.networks import kohya_format as kf
+from trainer.networks.fused_modules import fused_name
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,27 @@ def module_index(components: SDComponents) -> dict[str, ModuleShape]:
             shape = _shape_of(component, module)
             if shape is not None and path:
                 index[family.kohya_module_name(component, path)] = shape
-    return index
+    return _fuse_index(index)
+
+
+def _fuse_index(index: dict[str, ModuleShape]) -> dict[str, ModuleShape]:
+    """Slices of one fused module (Flux's ``..._qkv_part0``) as that module, as files hold it
+    (``trainer.networks.fused_modules``): the parts' input, their outputs summed."""
+    out: dict[str, ModuleShape] = {}
+    for name, shape in index.items():
+        parsed = fused_name(name)
+        if parsed is None:
+            out[name] = shape
+            continue
+        base = out.get(parsed[0])
+        out[parsed[0]] = (
+            shape
+            if base is None
+            else ModuleShape(
+                base.component, base.in_features, base.out_features + shape.out_features
+            )
+        )
+    return out
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -143,6 +164,9 @@ def _raise_if_unfit(path: Path, problems: list[str], where: str, show: int = 8) 
     )
 
 
+_DENOISERS = ("unet", "transformer")  # the pipelines' names of the denoiser
+
+
 class _PeftAdapter:
     """A kohya LoRA / LoCon file through diffusers' loader (peft layers, per-part weights)."""
 
@@ -153,11 +177,13 @@ class _PeftAdapter:
             warnings.simplefilter("ignore")  # diffusers' deprecation notes, not our problem
             pipeline.load_lora_weights(tensors, adapter_name=ADAPTER)
         adapters = pipeline.get_list_adapters()
-        self.parts = tuple(c for c, names in adapters.items() if ADAPTER in names)
+        self._components = tuple(c for c, names in adapters.items() if ADAPTER in names)
+        # The denoiser is the "unet" part whatever the pipeline calls it (Flux: transformer).
+        self.parts = tuple("unet" if c in _DENOISERS else c for c in self._components)
 
     def set_strength(self, unet: float, text_encoder: float) -> None:
         # Every text encoder (SDXL's two) takes the text-encoder strength.
-        wanted = {p: float(unet if p == "unet" else text_encoder) for p in self.parts}
+        wanted = {p: float(unet if p in _DENOISERS else text_encoder) for p in self._components}
         self.pipeline.set_adapters([ADAPTER], [wanted])
 
     def remove(self) -> None:
@@ -263,7 +289,12 @@ class LoraSlot:
         if lycoris:
             self.adapter = _LycorisAdapter(self.components, state_dict, str(path))
         else:
-            self.adapter = _PeftAdapter(self.pipeline, state_dict, self.components.unet.dtype)
+            family = family_of(self.components)
+            self.adapter = _PeftAdapter(
+                self.pipeline,
+                family.diffusers_lora(self.components, state_dict),
+                self.components.unet.dtype,
+            )
         self.loaded, self.signature = path.resolve(), _signature(path)
         self.strength = None
         self.set_strength(1.0, 1.0)

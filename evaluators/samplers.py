@@ -2,6 +2,11 @@
 
 Each scheduler is built with ``from_config`` on the base model's noise schedule (betas,
 number of training steps, prediction type), so a v-prediction model samples as one.
+
+Flow-matching models (Flux) have one sampler: ``euler`` is diffusers'
+``FlowMatchEulerDiscreteScheduler`` on the model's own shift settings (FLUX.1-dev: shift by the
+image's token count, ``use_dynamic_shifting``), as ``FluxPipeline`` and ComfyUI's ``euler``
+sample it; the DDPM samplers are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
 )
@@ -44,6 +50,13 @@ def build_sampler(name: str, scheduler_config) -> object:
         raise ConfigError(
             f"eval.sampler: {name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}"
         )
+    if "use_dynamic_shifting" in dict(scheduler_config):  # a flow-matching schedule
+        if name != "euler":
+            raise ConfigError(
+                f"eval.sampler: {name!r} is not allowed for a flow-matching model (Flux); "
+                "allowed: euler (the flow-matching Euler sampler)"
+            )
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     if name == "lms" and importlib.util.find_spec("scipy") is None:
         raise BackendMissingError("eval.sampler=lms", "scipy")
     cls, options = _SAMPLERS[name]

@@ -111,7 +111,10 @@ class EvalSettings(BaseModel):
 
 def _defaults() -> dict[str, Any]:
     """conf/eval/default.yaml's keys, ``objective.fidelity_weight`` as ``fidelity_weight``."""
-    d = yaml_defaults("eval")
+    from omegaconf import OmegaConf
+
+    # Resolved without a model: ``sampler`` falls back from the model's ``eval_sampler``.
+    d = OmegaConf.to_container(OmegaConf.create(yaml_defaults("eval")), resolve=True)
     d["fidelity_weight"] = d.pop("objective")["fidelity_weight"]
     return d
 

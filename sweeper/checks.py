@@ -69,6 +69,10 @@ def evaluation_problems(cfg: DictConfig, models: bool = True) -> list[str]:
         # The evaluators will not run; a metric name that no scorer has is wrong all the same.
         return [p for p in problems if p.startswith("eval.metrics")]
     problems += metric_name_problems(cfg.eval, metrics)
+    from trainer.families import DEFAULT_FAMILY, family_limit_problems
+
+    family = OmegaConf.select(cfg, "model.family", default=DEFAULT_FAMILY)
+    problems += family_limit_problems(family, {"eval.sampler": cfg.eval.get("sampler")})
     if not cfg.eval.get("trigger"):
         from evaluators.references import trigger_problem
 

@@ -78,7 +78,10 @@ class ValLossScorer:
                 param = next(vae.parameters())
                 pixels = self.pixels.to(param.device, param.dtype)
                 mean = vae.encode(pixels).latent_dist.mean
-                shared[self._digest] = mean.float().cpu() * float(vae.config.scaling_factor)
+                # As training normalises them (Flux's VAE shifts before scaling).
+                shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+                scale = float(vae.config.scaling_factor)
+                shared[self._digest] = (mean.float().cpu() - shift) * scale
             self._latents[key] = shared[self._digest]
         return self._latents[key]
 
@@ -123,7 +126,7 @@ class ValLossScorer:
         ).to(device, dtype)
         losses = []
         for i, t in enumerate(self.timesteps):
-            steps = torch.full((latents.shape[0],), t, dtype=torch.long)
+            steps = family.fixed_timesteps(components, t, latents.shape[0])
             noisy = family.add_noise(components, latents, noise[i], steps)
             target = family.training_target(components, latents, noise[i], steps)
             pred = family.predict(unet, noisy.to(device, dtype), steps.to(device), conditioning)

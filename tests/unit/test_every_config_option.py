@@ -39,18 +39,20 @@ def test_the_cases_cover_every_option_file():
     on_disk = {(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml") if p.parent.name != "paths"}
     assert on_disk == set(CASES)
     assert len([c for c in CASES if c[0] == "category"]) == 9  # A..I
-    assert len([c for c in CASES if c[0] == "experiment"]) == 6
+    assert len([c for c in CASES if c[0] == "experiment"]) == 8
 
 
 def _overrides(group: str, option: str, tmp_path: Path) -> list[str]:
     override = f"+{group}={option}" if group in OPTIONAL else f"{group}={option}"
     extra = []
-    if group == "model" and option in ("sd15", "sdxl"):
-        # A real SD 1.5 / SDXL file is the user's; an existing path stands in for it (nothing
-        # loads).
+    if group == "model" and option in ("sd15", "sdxl", "flux"):
+        # A real SD 1.5 / SDXL / Flux file is the user's; an existing path stands in for it
+        # (nothing loads). A Flux transformer file takes its other parts from model.components.
         checkpoint = tmp_path / f"{option}.safetensors"
         checkpoint.write_bytes(b"")
         extra.append(f"model.path={checkpoint}")
+        if option == "flux":
+            extra.append("model.components=black-forest-labs/FLUX.1-dev")
     if group == "experiment" and option == "pivotal_tuning":
         # Its one required input, the stage-1 embedding file (the experiment says so).
         embedding = tmp_path / "subject_ti.safetensors"

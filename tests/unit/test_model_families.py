@@ -15,17 +15,17 @@ from trainer.families import FAMILY_NAMES, family_problems, get_family
 CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-@pytest.mark.parametrize("value", ["flux", "SD15", "SDXL", "", None, 15])
+@pytest.mark.parametrize("value", ["sd3", "SD15", "FLUX", "", None, 15])
 def test_unknown_family_names_the_key_the_value_and_the_allowed_names(value):
     with pytest.raises(ConfigError) as raised:
         get_family(value)
     (problem,) = raised.value.problems
-    assert problem == f"model.family: {value!r} is not allowed; allowed: sd15, sdxl"
+    assert problem == f"model.family: {value!r} is not allowed; allowed: sd15, sdxl, flux"
 
 
 def test_sd15_is_registered_once_with_its_kohya_identity():
     family = get_family("sd15")
-    assert FAMILY_NAMES == ("sd15", "sdxl")
+    assert FAMILY_NAMES == ("sd15", "sdxl", "flux")
     assert get_family("sd15") is family  # one instance per process
     assert family.name == "sd15"
     assert family.base_model_version == "sd_v1"
@@ -66,6 +66,25 @@ def test_sdxl_is_registered_with_kohyas_sdxl_identity():
     )
 
 
+def test_flux_is_registered_with_kohyas_flux_identity():
+    family = get_family("flux")
+    assert family.name == "flux"
+    # kohya's library/flux_utils.py MODEL_VERSION_FLUX_V1
+    assert family.base_model_version == "flux1"
+    # kohya's networks/lora_flux.py LORA_PREFIX_FLUX / LORA_PREFIX_TEXT_ENCODER_CLIP
+    assert dict(family.kohya_prefixes) == {"unet": "lora_unet", "text_encoder": "lora_te1"}
+    # kohya's library/sai_model_spec.py ARCH_FLUX_1_DEV
+    assert family.modelspec_architecture == "flux-1-dev"
+    real = OmegaConf.load(CONF_MODEL / "flux.yaml")
+    geometry = family.native_geometry
+    assert (real.family, real.resolution, real.bucket_reso_steps) == ("flux", 1024, 64)
+    assert (geometry.resolution, geometry.min_bucket_reso, geometry.max_bucket_reso) == (
+        real.resolution,
+        real.min_bucket_reso,
+        real.max_bucket_reso,
+    )
+
+
 @pytest.mark.parametrize("path", sorted(CONF_MODEL.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_model_config_names_its_family_and_the_settings_carry_it(path):
     from trainer.models.loading import read_model_settings
@@ -75,7 +94,9 @@ def test_every_model_config_names_its_family_and_the_settings_carry_it(path):
     # A required path (???) or one relative to the project (${paths.project_dir}/...) is
     # resolved by the composed config; alone, the family is what is read here.
     unresolved = OmegaConf.is_missing(cfg, "path") or OmegaConf.is_interpolation(cfg, "path")
-    tiny = {"sd15": "tiny", "sdxl": "tiny_sdxl"}[cfg.family]  # a built-in of the same family
+    tiny = {"sd15": "tiny", "sdxl": "tiny_sdxl", "flux": "tiny_flux"}[
+        cfg.family
+    ]  # a built-in of the same family
     overrides = {"path": tiny} if unresolved else {}
     settings = read_model_settings(OmegaConf.merge(cfg, overrides))
     assert settings.family == cfg.family
@@ -85,8 +106,8 @@ def test_model_settings_report_a_bad_family_with_the_other_problems():
     from trainer.models.loading import read_model_settings
 
     with pytest.raises(ConfigError) as raised:
-        read_model_settings({"path": "tiny", "family": "flux", "clip_skip": 0})
-    assert "model.family: 'flux' is not allowed; allowed: sd15, sdxl" in raised.value.problems
+        read_model_settings({"path": "tiny", "family": "sd3", "clip_skip": 0})
+    assert "model.family: 'sd3' is not allowed; allowed: sd15, sdxl, flux" in raised.value.problems
     assert any(p.startswith("model.clip_skip") for p in raised.value.problems)
     assert read_model_settings({"path": "tiny"}).family == "sd15"  # the default
 
@@ -94,7 +115,7 @@ def test_model_settings_report_a_bad_family_with_the_other_problems():
 def test_checking_a_family_name_imports_no_ml_library():
     code = (
         "import sys; from trainer.families import family_problems; "
-        "assert family_problems('flux'); assert not family_problems('sdxl'); "
+        "assert family_problems('sd3'); assert not family_problems('flux'); "
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -141,6 +141,9 @@ class TrainingData:
         self.seed = seed
         self.device = torch.device(device)
         self.scaling_factor = float(encoder.vae.config.scaling_factor)
+        # Flux's VAE centres its latents before scaling (diffusers: ``shift_factor``); SD's
+        # VAEs have none.
+        self.shift_factor = float(getattr(encoder.vae.config, "shift_factor", None) or 0.0)
         self._train = [s for s in train if s.images]
         self._reg = [s for s in reg if s.images]
         self._bucket_of = [s.geometry.bucket for s in samples]
@@ -232,7 +235,10 @@ class TrainingData:
             weights = torch.tensor([s.loss_weight for s in picked], dtype=torch.float32)
             is_reg = torch.tensor([s.item.is_reg for s in picked], dtype=torch.bool)
             yield {
-                "latents": (to_device(batch_latents, self.device) * self.scaling_factor).float(),
+                "latents": (
+                    (to_device(batch_latents, self.device) - self.shift_factor)
+                    * self.scaling_factor
+                ).float(),
                 "captions": [
                     caption_for_step(s.item.caption, self.options.captions, self.seed, epoch, i)
                     for s, i in zip(picked, indices)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _REGISTRY = {
     "sd15": "trainer.families.sd15:SD15Family",
     "sdxl": "trainer.families.sdxl:SDXLFamily",
+    "flux": "trainer.families.flux:FluxFamily",
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 DEFAULT_FAMILY = "sd15"
@@ -37,6 +38,23 @@ _LIMITS: dict[str, dict[str, tuple]] = {
         "model.clip_skip": (1,),
         # Pivotal tuning and continued textual inversion read SD 1.x embeddings.
         "train.init_embedding": (None,),
+    },
+    "flux": {
+        # Flux trains LoRA / LoCon-less LoRA networks only so far (no DreamBooth, textual
+        # inversion or LyCORIS on the transformer yet).
+        "train.mode": ("lora",),
+        "network.type": ("lora",),
+        # Flux conditions on CLIP-L's pooled output and T5's last states: no clip skip.
+        "model.clip_skip": (1,),
+        # kohya's Flux trainer draws plain Gaussian noise (no offset) and has no min-SNR (the
+        # flow objective has no DDPM SNR); refused rather than silently ignored.
+        "train.noise_offset": (0, 0.0, None),
+        "train.min_snr_gamma": (None,),
+        # Flow matching predicts the velocity; DDPM prediction types do not apply.
+        "model.prediction_type": ("epsilon",),
+        "train.init_embedding": (None,),
+        # Flow matching samples with its own Euler sampler (the sweeper checks eval's keys).
+        "eval.sampler": ("euler",),
     },
 }
 

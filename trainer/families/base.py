@@ -94,6 +94,8 @@ class ModelFamily(ABC):
     #: Textual-inversion file key of each text encoder when the family has several (SDXL:
     #: ``clip_l`` / ``clip_g``); None: one encoder, WebUI's single-tensor format.
     embedding_keys: Mapping[str, str] | None = None
+    #: kohya's ``--network_module`` for LoRA on this family (``ss_network_module``).
+    kohya_lora_module: str = "networks.lora"
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -148,9 +150,21 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def sample_timesteps(
-        self, components: Any, batch_size: int, generator: torch.Generator, device: torch.device
+        self,
+        components: Any,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+        latent_shape: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """One training timestep (or sigma) per sample."""
+        """One training timestep (or sigma) per sample; ``latent_shape``: the batch's latents'
+        shape, for samplers that shift by resolution (Flux's ``flux_shift``)."""
+
+    def fixed_timesteps(self, components: Any, timestep: int, batch_size: int) -> torch.Tensor:
+        """Training timestep ``timestep`` (an index below ``num_train_timesteps``, as
+        ``eval.val_timesteps`` lists them) for a batch, in this family's units: the index
+        itself for DDPM families (flow matching: the sigma ``timestep / num_train_timesteps``)."""
+        return torch.full((batch_size,), timestep, dtype=torch.long)
 
     @abstractmethod
     def add_noise(
@@ -204,6 +218,11 @@ class ModelFamily(ABC):
                 f"{self.name} family, got {component!r}"
             )
         return f"{prefix}_{module_path.replace('.', '_')}"
+
+    def diffusers_lora(self, components: Any, state_dict: Mapping[str, torch.Tensor]) -> dict:
+        """A kohya LoRA / LoCon state dict as this family's diffusers pipeline should be given
+        it (``load_lora_weights``); unchanged by default (diffusers converts kohya's names)."""
+        return dict(state_dict)
 
     @abstractmethod
     def lycoris_preset(self, preset: str) -> dict[str, Any]:

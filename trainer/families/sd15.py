@@ -78,6 +78,7 @@ class SD15Family(ModelFamily):
         batch_size: int,
         generator: torch.Generator,
         device: torch.device,
+        latent_shape=None,
     ) -> torch.Tensor:
         total = components.noise_scheduler.config.num_train_timesteps
         return ddpm.sample_timesteps(batch_size, total, generator, device)

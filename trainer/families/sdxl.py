@@ -204,7 +204,9 @@ class SDXLFamily(ModelFamily):
     def sample_noise(self, latents, noise_offset, generator) -> torch.Tensor:
         return ddpm.sample_noise(latents, noise_offset, generator)
 
-    def sample_timesteps(self, components, batch_size, generator, device) -> torch.Tensor:
+    def sample_timesteps(
+        self, components, batch_size, generator, device, latent_shape=None
+    ) -> torch.Tensor:
         total = components.noise_scheduler.config.num_train_timesteps
         return ddpm.sample_timesteps(batch_size, total, generator, device)
 

@@ -317,7 +317,9 @@ def _batch_loss(
     """One micro-batch's weighted loss; every model-specific step is the family's."""
     conditioning = conditioner(batch)
     noise = family.sample_noise(latents, settings.noise_offset, generator)
-    timesteps = family.sample_timesteps(components, latents.shape[0], generator, device)
+    timesteps = family.sample_timesteps(
+        components, latents.shape[0], generator, device, latent_shape=tuple(latents.shape)
+    )
     noisy = family.add_noise(components, latents, noise, timesteps)
     prediction = family.predict(denoiser, noisy, timesteps, conditioning)
     target = family.training_target(components, latents, noise, timesteps)

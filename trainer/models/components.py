@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -33,6 +34,10 @@ class SDComponents:
     @property
     def latent_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet, self.vae, self.text_encoder)
 
     def to_pipeline(self, scheduler=None):
         """A ``StableDiffusionPipeline`` over these modules (shared, not copied)."""

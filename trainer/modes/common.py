@@ -65,8 +65,8 @@ def start_run(cfg: DictConfig, spec: RunSpec, components=None) -> Run:
     if components is None:
         components = load_model(spec.model, cache_dir)
     route_library_logs()  # the model libraries are imported by now
-    text_encoders = family_of(components).text_encoders(components).values()
-    for module in (components.unet, components.vae, *text_encoders):
+    # Every module of the model (Flux's frozen T5 too), not only what the adapters train.
+    for module in components.modules:
         module.requires_grad_(False)
         module.to(device)
     components.vae.eval()
@@ -85,7 +85,7 @@ def start_run(cfg: DictConfig, spec: RunSpec, components=None) -> Run:
 def enable_checkpointing(run: Run, text_encoder: bool) -> None:
     """Gradient checkpointing (``train.gradient_checkpointing``) of what is trained."""
     if run.spec.train.gradient_checkpointing:
-        run.components.unet.enable_gradient_checkpointing()
+        family_of(run.components).denoiser(run.components).enable_gradient_checkpointing()
         if text_encoder:
             for module in family_of(run.components).text_encoders(run.components).values():
                 module.gradient_checkpointing_enable()

@@ -27,6 +27,7 @@ from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import save_lora
 from trainer.networks.metadata import kohya_metadata, modelspec_metadata
 from trainer.optim.optimizers import describe_optimizer
+from trainer.settings.flow import kohya_flow_metadata
 from trainer.settings.network import learning_rate_advice
 from trainer.speed import cast_frozen, prepare_unet
 from trainer.speed import describe as describe_speed
@@ -64,6 +65,10 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     optimizer = common.make_optimizer(run, spec.optimizer, params)
     meta_base = _metadata_base(run, data, optimizer, *common.run_length(run, data))
     meta_base.update(network.kohya_info())  # network_module / _dim / _alpha / _args
+    if meta_base.get("network_module") == "networks.lora":
+        meta_base["network_module"] = family.kohya_lora_module  # Flux: networks.lora_flux
+    if spec.model.flow is not None:
+        meta_base.update(kohya_flow_metadata(spec.model.flow))
     save_dtype = SAVE_DTYPES[spec.train.save_precision]
     modelspec = _modelspec(run, family, data.resolution)
 

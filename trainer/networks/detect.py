@@ -69,7 +69,7 @@ def _has_3x3_conv(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def _type_from_metadata(metadata: Mapping[str, str]) -> str | None:
     module = metadata.get("ss_network_module", "")
-    if module == "networks.lora":
+    if module in ("networks.lora", "networks.lora_flux"):
         return "lora"
     if module.startswith("lycoris"):
         try:

@@ -32,6 +32,7 @@ from trainer.errors import ModelLoadError
 from trainer.families import DEFAULT_FAMILY, get_family
 from trainer.networks import kohya_format as kf
 from trainer.networks.detect import check_network_type, key_problems
+from trainer.networks.fused_modules import fuse_parts, fused_name, split_parts
 from trainer.settings.network import LoraSpec, resolve_network_config
 
 ADAPTER_NAME = "lorasweep"
@@ -230,14 +231,25 @@ class LoraNetwork:
         }
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """Adapter weights under kohya's names, detached copies on the CPU in ``dtype``."""
+        """Adapter weights under kohya's names, detached copies on the CPU in ``dtype``;
+        adapters on slices of one fused module (Flux's qkv) as that module
+        (``fused_modules.fuse_parts``)."""
         out: dict[str, torch.Tensor] = {}
         for m in self.modules:
             down, up, alpha = kf.lora_keys(m.kohya_name)
             out[down] = m.down.detach().to("cpu", dtype, copy=True)
             out[up] = m.up.detach().to("cpu", dtype, copy=True)
             out[alpha] = torch.tensor(m.alpha, dtype=dtype)
-        return out
+        return fuse_parts(out)
+
+    def _part_sizes(self) -> dict[str, list[int]]:
+        """Fused module name -> the output size of each of its parts, in order."""
+        parts: dict[str, dict[int, int]] = {}
+        for m in self.modules:
+            parsed = fused_name(m.kohya_name)
+            if parsed:
+                parts.setdefault(parsed[0], {})[parsed[1]] = int(m.up.shape[0])
+        return {base: [sizes[i] for i in sorted(sizes)] for base, sizes in parts.items()}
 
     def load_kohya_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], source: str = "LoRA state dict"
@@ -247,6 +259,9 @@ class LoraNetwork:
         ``source`` (e.g. the file path) names the state dict in the error message.
         """
         check_network_type(state_dict, self.spec.type, source)
+        part_sizes = self._part_sizes()
+        if part_sizes:
+            state_dict = split_parts(state_dict, part_sizes, source)
         expected = {k: m for m in self.modules for k in kf.lora_keys(m.kohya_name)}
         problems = key_problems(set(state_dict), set(expected))
         for key, module in expected.items():

@@ -79,6 +79,9 @@ def kohya_metadata(info: Mapping[str, Any]) -> dict[str, str]:
 MODELSPEC_VERSION = "1.0.1"
 MODELSPEC_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 _MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+# Architectures kohya credits to their own code, with no prediction type (flow matching):
+# library/sai_model_spec.py IMPL_FLUX, and "Flux models don't use prediction_type".
+_FLOW_IMPLEMENTATIONS = {"flux-1-dev": "https://github.com/black-forest-labs/flux"}
 
 
 def modelspec_metadata(
@@ -87,13 +90,19 @@ def modelspec_metadata(
     """The ``modelspec.*`` keys of a LoRA file for a base model of ``architecture`` (e.g.
     ``stable-diffusion-xl-v1-base``): the file's architecture is ``<architecture>/lora``, and
     SDXL LoRAs name Stability's SGM code as their implementation, as kohya does.
-    ``resolution``: (width, height); ``date``: ISO 8601."""
-    return {
+    ``resolution``: (width, height); ``date``: ISO 8601. Flux LoRAs name BFL's code and
+    carry no prediction type, as kohya writes them."""
+    flow = architecture in _FLOW_IMPLEMENTATIONS
+    keys = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": f"{architecture}/lora",
-        "modelspec.implementation": MODELSPEC_IMPLEMENTATION,
+        "modelspec.implementation": _FLOW_IMPLEMENTATIONS.get(
+            architecture, MODELSPEC_IMPLEMENTATION
+        ),
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": date,
-        "modelspec.prediction_type": _MODELSPEC_PREDICTION[prediction_type],
     }
+    if not flow:
+        keys["modelspec.prediction_type"] = _MODELSPEC_PREDICTION[prediction_type]
+    return keys

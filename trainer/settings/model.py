@@ -10,18 +10,26 @@ from typing import Any
 
 from trainer.errors import ConfigError
 from trainer.families import DEFAULT_FAMILY, family_problems
+from trainer.settings.flow import FlowSettings, read_flow_settings
 from trainer.settings.read import ABSENT, is_int, value
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Models built from configs, with random weights: no file, no network.
 # Each built-in model's family (its loader builds it; the other family's cannot).
-BUILT_IN_FAMILY = {"tiny": "sd15", "sd15_shape": "sd15", "tiny_sdxl": "sdxl", "sdxl_shape": "sdxl"}
+BUILT_IN_FAMILY = {
+    "tiny": "sd15",
+    "sd15_shape": "sd15",
+    "tiny_sdxl": "sdxl",
+    "sdxl_shape": "sdxl",
+    "tiny_flux": "flux",
+    "flux_shape": "flux",
+}
 BUILT_IN_MODELS = tuple(BUILT_IN_FAMILY)
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 ACCEPTED_PATHS = (
-    "'tiny', 'sd15_shape', 'tiny_sdxl', 'sdxl_shape', a single-file checkpoint (.safetensors, "
-    ".ckpt, .pt, .pth), a diffusers folder containing model_index.json, or a Hugging Face hub "
-    "id 'owner/name' (online only)"
+    "'tiny', 'sd15_shape', 'tiny_sdxl', 'sdxl_shape', 'tiny_flux', 'flux_shape', a single-file "
+    "checkpoint (.safetensors, .ckpt, .pt, .pth), a diffusers folder containing "
+    "model_index.json, or a Hugging Face hub id 'owner/name' (online only)"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -38,6 +46,11 @@ class ModelSettings:
     single_file_config: str = "sd15"
     # Which ``trainer.families`` implementation loads, trains and samples this model.
     family: str = DEFAULT_FAMILY
+    # Flow-matching training keys (flow-matching families only; None for the others).
+    flow: FlowSettings | None = None
+    # Flux: a diffusers Flux folder or hub id supplying what a single-file transformer lacks
+    # (VAE, CLIP-L, T5, tokenizers).
+    components: str | None = None
 
 
 def _or(node: Any, key: str) -> Any:
@@ -67,6 +80,17 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
     seed = _or(model_cfg, "weights_seed")
     if not is_int(seed):
         problems.append(f"model.weights_seed: {seed!r} is not allowed; allowed: an int")
+    flow = None
+    if family == "flux":
+        flow, flow_problems = read_flow_settings(model_cfg)
+        problems += flow_problems
+        single_file = Path(str(path)).suffix.lower() in MODEL_SUFFIXES
+        if single_file and not value(model_cfg, "components", None):
+            problems.append(
+                "model.components: None is not allowed when model.path is a single-file Flux "
+                "transformer; allowed: a diffusers Flux folder or hub id holding the VAE, "
+                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev)"
+            )
     built_in_family = BUILT_IN_FAMILY.get(path)
     if built_in_family is not None and not problems and built_in_family != family:
         problems.append(
@@ -82,7 +106,12 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
         prediction_type=prediction_type,
         clip_skip=clip_skip,
         vae=value(model_cfg, "vae", None) or None,
-        single_file_config=str(value(model_cfg, "single_file_config", None) or "sd15"),
+        single_file_config=str(
+            value(model_cfg, "single_file_config", None)
+            or ("flux" if family == "flux" else "sd15")
+        ),
+        flow=flow,
+        components=value(model_cfg, "components", None) or None,
     )
 
 
@@ -103,7 +132,7 @@ def model_path_problem(path: str) -> str | None:
         return None
     return (
         f"model.path: {path!r} does not exist; expected 'tiny', 'sd15_shape', 'tiny_sdxl', "
-        "'sdxl_shape', a "
+        "'sdxl_shape', 'tiny_flux', 'flux_shape', a "
         ".safetensors/.ckpt file, a diffusers folder, or a hub id (owner/name, online only)"
     )
 

@@ -151,13 +151,16 @@ def _mode_settings(cfg: Any):
 
 
 def _family_limit_problems(cfg: Any) -> list[str]:
-    """What the model family does not support (SDXL: LoRA / LoCon training only)."""
+    """What the model family does not support (e.g. SDXL: no LyCORIS; Flux: LoRA only)."""
     mode = group_mode(cfg.train)
     values = {
         "train.mode": mode,
         "network.type": value(cfg.network, "type", None),
         "model.clip_skip": value(cfg.model, "clip_skip", 1),
         "train.init_embedding": value(cfg.train, "init_embedding", None),
+        "train.noise_offset": value(cfg.train, "noise_offset", None),
+        "train.min_snr_gamma": value(cfg.train, "min_snr_gamma", None),
+        "model.prediction_type": value(cfg.model, "prediction_type", "epsilon"),
     }
     if mode == "textual_inversion":
         values["train.embedding_format"] = value(cfg.train, "embedding_format", None)

@@ -1,0 +1,131 @@
+"""``model=tiny_flux`` through the composed config tree: the run trains the transformer's double-
+and single-block Linear layers (and CLIP-L when asked), saves a file with kohya's Flux prefixes
+and metadata, and Flux refuses what it does not support before loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.errors import ConfigError
+from trainer.networks.kohya_format import read_lora
+from trainer.run import train_from_config
+
+SHORT = ("model=tiny_flux", "train.max_train_steps=3", "train.batch_size=2")
+
+
+def test_tiny_flux_run_trains_and_saves_kohya_flux_names(compose):
+    cfg = compose(*SHORT, "train.gradient_checkpointing=true")
+    result = train_from_config(cfg)
+    assert result.global_step == 3
+    assert all(loss == loss and loss > 0 for loss in result.epoch_losses.values())  # finite
+    state_dict, meta = read_lora(result.saved[-1].path)
+    modules = {k.split(".")[0] for k in state_dict}
+    unet = {m for m in modules if m.startswith("lora_unet_")}
+    # 14 Linear layers in the double block, 6 in the single block, saved as BFL's 10 + 3
+    # modules (q / k / v in one qkv; q / k / v / mlp in linear1).
+    assert len(unet) == 13
+    assert {
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_double_blocks_0_txt_attn_qkv",
+        "lora_unet_single_blocks_0_linear1",
+        "lora_unet_double_blocks_0_img_attn_proj",
+        "lora_unet_double_blocks_0_img_mlp_0",
+        "lora_unet_double_blocks_0_txt_mod_lin",
+        "lora_unet_single_blocks_0_linear2",
+        "lora_unet_single_blocks_0_modulation_lin",
+    } <= unet
+    assert meta["ss_base_model_version"] == "flux1"
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora"
+    # kohya's sai_model_spec: BFL's code as the implementation, no prediction type for Flux.
+    assert meta["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
+    assert "modelspec.prediction_type" not in meta
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    # kohya's flux_train_network.update_metadata keys, with the recommended settings.
+    assert meta["ss_timestep_sampling"] == "shift"
+    assert float(meta["ss_discrete_flow_shift"]) == 3.1582
+    assert float(meta["ss_guidance_scale"]) == 1.0
+    assert meta["ss_model_prediction_type"] == "raw"
+
+
+def test_frozen_text_encoders_train_the_transformer_only(compose):
+    cfg = compose(*SHORT, "network.train_text_encoder=false", "model.timestep_sampling=flux_shift",
+                  "model.loss_weighting=cosmap")  # fmt: skip
+    result = train_from_config(cfg)
+    state_dict, _ = read_lora(result.saved[-1].path)
+    assert state_dict and all(k.startswith("lora_unet_") for k in state_dict)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.min_snr_gamma=5", "train.min_snr_gamma: 5 is not allowed for model.family flux"),
+        ("train.noise_offset=0.05", "train.noise_offset: 0.05 is not allowed"),
+        ("model.timestep_sampling=sigma", "model.timestep_sampling: 'sigma' is not allowed"),
+        ("model.prediction_type=v_prediction", "model.prediction_type: 'v_prediction'"),
+    ],
+)
+def test_flux_refuses_what_it_does_not_support_naming_the_key(compose, override, named):
+    cfg = compose(*SHORT, override)
+    with pytest.raises(ConfigError) as caught:
+        train_from_config(cfg)
+    assert named in str(caught.value)
+
+
+def test_kohyas_flux_recipe_composes_with_its_numbers(compose):
+    from trainer.validate import validate_run
+
+    spec = validate_run(compose("+experiment=flux_kohya", "model=tiny_flux"))
+    assert (spec.network.dim, spec.network.alpha, spec.network.train_text_encoder) == (
+        16,
+        1,
+        False,
+    )
+    assert (spec.optimizer.name, spec.optimizer.unet_lr) == ("AdamW8bit", 1e-4)
+    assert spec.scheduler.name == "constant"
+    assert (spec.train.max_train_epochs, spec.train.gradient_checkpointing) == (10, True)
+    flow = spec.model.flow
+    assert (flow.timestep_sampling, flow.guidance_scale) == ("flux_shift", 1.0)
+
+
+@pytest.mark.parametrize("category", list("ABCDEFGHI"))
+def test_every_category_sweep_on_flux_passes_the_sweeps_checks(compose, category):
+    """The guide's categories compose with model=tiny_flux (no trainer documents per-category
+    Flux ranges, so their ranks are the guide's)."""
+    from sweeper.checks import run_problems
+    from sweeper.search_config import build_search_space, read_settings
+    from trainer.validate import validate_run
+
+    cfg = compose(f"+category={category}", "model=tiny_flux")
+    spec = validate_run(cfg, extra_checks=[run_problems])
+    assert spec.model.family == "flux"
+    read_settings(cfg.search)
+    build_search_space(cfg.search, cfg, [], lambda name: None)
+
+
+def test_the_guides_easy_recipe_is_refused_on_flux_for_its_min_snr(compose):
+    """+experiment=easy sets min_snr_gamma 5, a DDPM weighting Flux has no use for."""
+    from trainer.validate import validate_run
+
+    with pytest.raises(ConfigError) as raised:
+        validate_run(compose("+experiment=easy", "model=tiny_flux"))
+    assert "train.min_snr_gamma: 5 is not allowed for model.family flux; allowed: None" in (
+        raised.value.problems
+    )
+
+
+def test_a_flux_sweep_with_a_ddpm_sampler_is_refused_before_training(compose):
+    from sweeper.checks import key_problems
+
+    problems = key_problems(compose("model=tiny_flux", "eval.sampler=ddim"))
+    assert "eval.sampler: 'ddim' is not allowed for model.family flux; allowed: euler" in problems
+    assert not [p for p in key_problems(compose("model=tiny_flux", "eval.sampler=euler"))
+                if p.startswith("eval.sampler")]  # fmt: skip
+
+
+def test_flux_evaluates_with_its_own_sampler_and_guidance_by_default(compose):
+    from evaluators.settings import read_eval_settings
+
+    flux = read_eval_settings(compose("model=tiny_flux").eval)
+    assert (flux.sampler, flux.guidance_scale) == ("euler", 3.5)
+    sd = read_eval_settings(compose("model=tiny").eval)
+    assert (sd.sampler, sd.guidance_scale) == ("ddim", 7.0)
