@@ -31,11 +31,13 @@ MODELS = ModelPool()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):
-    from sweeper.explicit import explicit_wins
+    from sweeper.category_families import family_defaults
+    from sweeper.explicit import explicit_wins, override_keys
     from sweeper.interrupt import interruptible, report_and_exit
 
     try:
-        cfg = explicit_wins(cfg, HydraConfig.get().overrides.task)
+        overrides = HydraConfig.get().overrides.task
+        cfg = explicit_wins(family_defaults(cfg, override_keys(overrides)), overrides)
         # A sweep's trial is checked by the trial itself (it records the failure).
         spec = None if HydraConfig.get().mode == RunMode.MULTIRUN else read_settings(cfg)
         from sweeper.task import run_task  # the model libraries: the config is good

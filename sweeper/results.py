@@ -28,7 +28,8 @@ _SWEEP_ONLY = ("hydra.", "hydra/", "optuna.")
 # The search keys that only say how trials are proposed, pruned, counted and stored. The others
 # (a ``search=<preset>`` choice, ``search.metrics``, ``search.directions``) choose the objective
 # a run picks its best epoch by: a reproduced run keeps them, or it would keep another epoch.
-_SWEEP_ONLY_SEARCH = set(SEARCH_KEYS) - {"directions", "metrics"}
+# ``search.category_families`` sets a category run's default rank: kept too.
+_SWEEP_ONLY_SEARCH = set(SEARCH_KEYS) - {"directions", "metrics", "category_families"}
 
 
 def _sweep_only(override: str) -> bool:

@@ -2,8 +2,9 @@
 
 ``read_settings`` checks the study settings (sampler, pruner, objectives, budget, storage,
 heartbeat); ``build_search_space`` merges the searched parameters from three places, later ones
-winning: ``search.params``, the ranges of ``+category=X`` (``category.search``, turned into
-parameters by ``search.category_ranges``) and sweeps given on the command line
+winning: ``search.params``, the ranges of ``+category=X`` (``category.search``, or for the
+config's ``model.family`` those of ``search.category_families``, turned into parameters by
+``search.category_ranges``) and sweeps given on the command line
 (``network.dim=8,16``); then drops every key the command line fixes (``optimizer=prodigy``).
 Every problem is reported at once, each naming its key.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper.category_families import category_ranges
 from sweeper.explicit import cleared_keys
 from sweeper.search_space import ALPHA_OF, Param, SearchSpace, iter_specs, ordered, parse_param
 from sweeper.search_values import value_problems
@@ -41,6 +43,7 @@ SEARCH_KEYS = (
     "devices",
     "device_lock_dir",
     "category_ranges",
+    "category_families",
     "params",
 )
 RANGE_FIELDS = ("key", "type", "log", "step", "skip_if_adaptive")
@@ -251,7 +254,7 @@ def build_search_space(
         param = parse_param(key, spec, f"search.params.{key}", problems) if key else None
         if param:
             params[key] = param
-    params.update(_category_params(cfg, s.get("category_ranges") or {}, problems))
+    params.update(_category_params(cfg, s, problems))
     fixed, swept = set(), set()
     for override in overrides:
         if override.is_hydra_override():
@@ -311,11 +314,10 @@ def _grid_problems(params: list[Param]) -> list[str]:
     return problems
 
 
-def _category_params(cfg: DictConfig, mapping: Mapping, problems: list[str]) -> dict:
-    ranges = _container(OmegaConf.select(cfg, "category.search", default=None)) or {}
+def _category_params(cfg: DictConfig, search: Mapping, problems: list[str]) -> dict:
+    mapping = search.get("category_ranges") or {}
     params: dict[str, Param] = {}
-    for name, bounds in ranges.items():
-        where = f"category.search.{name} (category {OmegaConf.select(cfg, 'category.name')})"
+    for name, (bounds, where) in category_ranges(cfg, search, problems).items():
         how = mapping.get(name)
         if not isinstance(how, Mapping) or not how.get("key"):
             problems.append(

@@ -89,8 +89,8 @@ def test_kohyas_flux_recipe_composes_with_its_numbers(compose):
 
 @pytest.mark.parametrize("category", list("ABCDEFGHI"))
 def test_every_category_sweep_on_flux_passes_the_sweeps_checks(compose, category):
-    """The guide's categories compose with model=tiny_flux (no trainer documents per-category
-    Flux ranges, so their ranks are the guide's)."""
+    """The guide's categories compose with model=tiny_flux and search Flux's rank ranges
+    (search.category_families.flux: the guide's, scaled to Flux's documented ranks)."""
     from sweeper.checks import run_problems
     from sweeper.search_config import build_search_space, read_settings
     from trainer.validate import validate_run
@@ -99,7 +99,9 @@ def test_every_category_sweep_on_flux_passes_the_sweeps_checks(compose, category
     spec = validate_run(cfg, extra_checks=[run_problems])
     assert spec.model.family == "flux"
     read_settings(cfg.search)
-    build_search_space(cfg.search, cfg, [], lambda name: None)
+    space = build_search_space(cfg.search, cfg, [], lambda name: None)
+    (dim,) = [p for p in space.params if p.key == "network.dim"]
+    assert dim.where.startswith(f"search.category_families.flux.dim.{category} ")
 
 
 def test_the_guides_easy_recipe_is_refused_on_flux_for_its_min_snr(compose):
