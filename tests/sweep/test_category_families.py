@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from sweeper.category_families import family_defaults
+from sweeper.results import _sweep_only
 from sweeper.search_config import build_search_space
 from trainer.errors import ConfigError
 
@@ -101,6 +102,8 @@ def test_a_run_starts_at_the_low_end_of_the_familys_rank_range(compose, caplog):
     assert family_defaults(cfg, {"network.dim"}).network.dim == 4  # the command line wins
     assert family_defaults(compose("+category=A"), set()).network.dim == 4  # SD 1.x: the guide's
     assert family_defaults(compose("+category=F", "model=tiny_flux"), set()).network.dim == 16
+    # A reproduced run keeps a table given on the command line (it sets the default rank).
+    assert not _sweep_only("search.category_families.sdxl.dim.A=[8,16]")
     plain = compose("model=tiny_flux")  # no category: nothing changes
     assert family_defaults(plain, set()).network.dim == plain.network.dim
 
