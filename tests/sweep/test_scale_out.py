@@ -32,6 +32,10 @@ def _four_workers(shared, tmp_path, storage: str | None) -> tuple[list, list[str
     # for two trials at a time: without the storage lock around the two steps, workers that
     # count at once each see room for two and ask, and the study gets 6 to 8 trials for 4.
     env["DELAYED_COUNT_SECONDS"] = "2"
+    # ... and they all start asking together (under load, the first worker up could otherwise
+    # take every trial before the others have imported torch: one worker, no race tested).
+    env["DELAYED_COUNT_BARRIER"] = str(tmp_path / "barrier")
+    env["DELAYED_COUNT_WORKERS"] = "4"
     args = [
         *tiny_overrides(data_dir, tmp_path / "sweep", epochs=1),
         "search.sampler.name=random",
