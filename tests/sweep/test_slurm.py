@@ -25,12 +25,6 @@ from sweep_helpers import (
 
 pytestmark = pytest.mark.slow
 
-pytest.importorskip(
-    "hydra_plugins.hydra_submitit_launcher",
-    reason="hydra-submitit-launcher is not installed (it is not in requirements.lock yet: "
-    "hydra-submitit-launcher==1.2.0 with submitit==1.5.4)",
-)
-
 
 def test_a_sweep_of_slurm_jobs_is_killed_and_its_rerun_resumes(slurm, tmp_path):
     data_dir = make_dataset(tmp_path)
