@@ -9,8 +9,23 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 
+class VaeGeometry:
+    """What every family's components read from their VAE: its downsampling factor
+    (2^(blocks - 1)) and the scaling factor of its latents."""
+
+    vae: AutoencoderKL
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+
 @dataclass
-class SDComponents:
+class SDComponents(VaeGeometry):
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
@@ -26,14 +41,6 @@ class SDComponents:
     @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     @property
     def modules(self) -> tuple[torch.nn.Module, ...]:

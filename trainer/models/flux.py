@@ -30,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
+from trainer.models.components import VaeGeometry
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from trainer.settings.flow import FlowSettings
 
@@ -121,7 +122,7 @@ TINY_RESOLUTION = 64
 
 
 @dataclass
-class FluxComponents:
+class FluxComponents(VaeGeometry):
     """The parts of a Flux pipeline that training and evaluation use."""
 
     transformer: FluxTransformer2DModel
@@ -146,14 +147,6 @@ class FluxComponents:
     @property
     def prediction_type(self) -> str:
         return "flow"
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     @property
     def modules(self) -> tuple[torch.nn.Module, ...]:

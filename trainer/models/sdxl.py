@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from trainer.models.components import VaeGeometry
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
 FAMILY = "sdxl"
@@ -113,7 +114,7 @@ TINY_RESOLUTION = 64
 
 
 @dataclass
-class SDXLComponents:
+class SDXLComponents(VaeGeometry):
     """The parts of an SDXL pipeline that training and evaluation use."""
 
     unet: UNet2DConditionModel
@@ -132,14 +133,6 @@ class SDXLComponents:
     @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     @property
     def modules(self) -> tuple[torch.nn.Module, ...]:
