@@ -27,7 +27,13 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from sweeper.search_config import SearchSettings
 
@@ -247,9 +253,10 @@ def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> RDBStorage:
     for attempt in range(5):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
             # Workers started together race to create the schema on a new database; the
-            # loser finds it made on the next attempt.
+            # loser finds it made on the next attempt. PostgreSQL reports the lost race as
+            # DuplicateTable (a ProgrammingError), SQLite as an OperationalError.
             if attempt == 4:
                 raise
             time.sleep(0.5 + attempt)
