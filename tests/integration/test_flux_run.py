@@ -1,6 +1,7 @@
 """``model=tiny_flux`` through the composed config tree: the run trains the transformer's double-
 and single-block Linear layers (and CLIP-L when asked), saves a file with kohya's Flux prefixes
-and metadata, and Flux refuses what it does not support before loading."""
+and metadata (LyCORIS LoKr: ``lycoris_`` names of the diffusers layers), and Flux refuses what
+it does not support before loading."""
 
 from __future__ import annotations
 
@@ -53,6 +54,25 @@ def test_frozen_text_encoders_train_the_transformer_only(compose):
     result = train_from_config(cfg)
     state_dict, _ = read_lora(result.saved[-1].path)
     assert state_dict and all(k.startswith("lora_unet_") for k in state_dict)
+
+
+def test_tiny_flux_lokr_run_saves_lycoris_names_of_the_diffusers_layers(compose):
+    cfg = compose(*SHORT, "network=lokr", "network.dim=2", "network.factor=4")
+    result = train_from_config(cfg)
+    state_dict, meta = read_lora(result.saved[-1].path)
+    modules = {k.split(".")[0] for k in state_dict}
+    # 14 + 6 Linear layers, each its own module (a Kronecker product does not fuse).
+    assert len({m for m in modules if m.startswith("lycoris_")}) == 20
+    assert "lycoris_single_transformer_blocks_0_proj_mlp" in modules
+    assert all(m.startswith(("lycoris_", "lora_te1_")) for m in modules)
+    assert any(k.endswith(".lokr_w1") for k in state_dict)
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert meta["ss_base_model_version"] == "flux1"
+
+
+def test_ia3_on_flux_is_refused_naming_the_allowed_types(compose):
+    with pytest.raises(ConfigError, match="'ia3' is not allowed for model.family flux"):
+        train_from_config(compose(*SHORT, "network=ia3"))
 
 
 @pytest.mark.parametrize(

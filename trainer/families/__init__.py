@@ -40,10 +40,11 @@ _LIMITS: dict[str, dict[str, tuple]] = {
         "train.init_embedding": (None,),
     },
     "flux": {
-        # Flux trains LoRA / LoCon-less LoRA networks only so far (no DreamBooth, textual
-        # inversion or LyCORIS on the transformer yet).
+        # Flux trains LoRA networks only so far (no DreamBooth or textual inversion): kohya's
+        # LoRA, and LyCORIS' LoKr / LoHa / DoRA on the diffusers layers (families.flux,
+        # lycoris_module_name); no LoCon (the blocks hold no convs) and no (IA)^3 preset.
         "train.mode": ("lora",),
-        "network.type": ("lora",),
+        "network.type": ("lora", "lokr", "loha", "dora"),
         # Flux conditions on CLIP-L's pooled output and T5's last states: no clip skip.
         "model.clip_skip": (1,),
         # kohya's Flux trainer draws plain Gaussian noise (no offset) and has no min-SNR (the

@@ -219,6 +219,12 @@ class ModelFamily(ABC):
             )
         return f"{prefix}_{module_path.replace('.', '_')}"
 
+    def lycoris_module_name(self, component: str, module_path: str) -> str:
+        """The name of a LyCORIS module on ``module_path`` in this family's LyCORIS files:
+        kohya's name by default (SD 1.x, SDXL); families whose LyCORIS files name the
+        layers otherwise (Flux: ``lycoris_`` + the diffusers path) override it."""
+        return self.kohya_module_name(component, module_path)
+
     def diffusers_lora(self, components: Any, state_dict: Mapping[str, torch.Tensor]) -> dict:
         """A kohya LoRA / LoCon state dict as this family's diffusers pipeline should be given
         it (``load_lora_weights``); unchanged by default (diffusers converts kohya's names)."""

@@ -21,7 +21,9 @@ What differs from the SD families, and where it comes from:
   targets ``DoubleStreamBlock`` / ``SingleStreamBlock``), named by their BFL modules under
   ``lora_unet_``; CLIP-L as ``lora_te1_``. The slices of BFL's fused qkv / linear1 (diffusers'
   separate q, k, v, MLP-in layers) train apart and are saved fused
-  (``trainer.networks.fused_modules``).
+  (``trainer.networks.fused_modules``). LyCORIS (LoKr, LoHa, DoRA) adapts the same layers, but
+  a Kronecker / Hadamard product over a fused weight is not one per slice, so its files name
+  the diffusers layers, ``lycoris_<path>`` (``lycoris_module_name``), as ComfyUI reads them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from trainer.models.flux import BASE_MODEL_VERSION  # kohya's "flux1"
 from trainer.networks import lora
 
 CLIP_LENGTH = 77
+# The transformer's LyCORIS module names (see FluxFamily.lycoris_module_name).
+LYCORIS_PREFIX = "lycoris"
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -326,11 +330,27 @@ class FluxFamily(ModelFamily):
                 converted[f"{component}.{path}.lora_B.weight"] = block
         return converted
 
+    def lycoris_module_name(self, component: str, module_path: str) -> str:
+        """LyCORIS modules adapt diffusers' separate layers (``to_q``, ``to_k``, ...): a
+        Kronecker product over BFL's fused qkv / linear1 is not a set of per-layer ones, so the
+        BFL names cannot hold them. The transformer's modules are named as LyCORIS' own wrapper
+        (and SimpleTuner) names them, ``lycoris_`` + the diffusers path with ``_``, which
+        ComfyUI's Flux key map reads (``comfy/lora.py``, ``model_lora_keys_unet``: the
+        ``lycoris_`` keys of ``comfy.utils.flux_to_diffusers``, each a slice of the BFL
+        weight); CLIP-L is ``lora_te1_`` as in the LoRA files."""
+        if component == "unet":
+            return f"{LYCORIS_PREFIX}_{module_path.replace('.', '_')}"
+        return self.kohya_module_name(component, module_path)
+
     def lycoris_preset(self, preset: str) -> dict:
-        raise ConfigError(
-            f"network.type: LyCORIS is not allowed for model.family flux yet (preset {preset!r}); "
-            "allowed: lora"
-        )
+        # Imported here: lycoris-lora is only needed by the LyCORIS network types.
+        from trainer.networks.lycoris_net import flux_preset
+
+        if preset == "ia3":  # only (IA)^3 uses this preset; the check before loading says so
+            from trainer.families import family_limit_problems
+
+            raise ConfigError(family_limit_problems("flux", {"network.type": "ia3"}))
+        return flux_preset(preset)
 
     # --- generation ------------------------------------------------------------------------
 

@@ -33,8 +33,9 @@ from trainer.networks.detect import check_network_type
 from trainer.networks.lycoris_fixes import apply_fixes
 from trainer.networks.lycoris_net import EMPTY_PRESET, text_roots, unet_name_map
 
-# lora_unet_, and lora_te_ (SD 1.x) or lora_te1_ / lora_te2_ (SDXL).
-_PREFIXES = (kf.UNET_PREFIX + "_", kf.TEXT_ENCODER_PREFIX)
+# lora_unet_, and lora_te_ (SD 1.x) or lora_te1_ / lora_te2_ (SDXL); lycoris_ (Flux: named by
+# family.lycoris_module_name, listed so that an unmatched one is reported, not skipped).
+_PREFIXES = (kf.UNET_PREFIX + "_", kf.TEXT_ENCODER_PREFIX, "lycoris_")
 
 
 def _module_names(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
@@ -149,7 +150,7 @@ def load_lycoris_state_dict(
     if expected_type is not None:
         check_network_type(state_dict, expected_type, source)
     state_dict = _internal_names(state_dict, unet, family)
-    root = text_roots(text_encoder_map(text_encoder))
+    root = text_roots(text_encoder_map(text_encoder), family)
     layers = _layers_by_kohya_name(unet, root)
     names = _module_names(state_dict)
     unmatched = sorted(names - set(layers))

@@ -100,6 +100,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Flux (diffusers' FluxTransformer2DModel): every Linear of the double- and single-stream
+# blocks, the layers kohya's Flux LoRA adapts (its BFL DoubleStreamBlock / SingleStreamBlock).
+_FLUX_BLOCKS = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+
+
+def flux_preset(preset: str) -> dict[str, Any]:
+    """The Flux transformer's preset for ``full`` / ``full-lin`` (the blocks hold no convs, so
+    the two are one) with CLIP-L's layers."""
+    if preset not in ("full", "full-lin"):
+        raise ValueError(f"no Flux LyCORIS preset {preset!r}; allowed: full, full-lin")
+    return {
+        **_BASE_PRESET,
+        "enable_conv": False,
+        "unet_target_module": _FLUX_BLOCKS,
+        "unet_target_name": [],
+        "text_encoder_target_module": _TE_MODULES,
+        "text_encoder_target_name": [],
+        "exclude_name": [],
+    }
+
+
 class TextModelRoot(nn.Module):
     """Puts a transformers-5 ``CLIPTextModel`` under ``text_model`` (transformers 4's path)."""
 
@@ -141,23 +162,26 @@ def _lycoris_network(
     )
 
 
-def text_roots(text_encoders: Mapping[str, nn.Module]) -> nn.Module | list[nn.Module]:
+def text_roots(text_encoders: Mapping[str, nn.Module], family=None) -> nn.Module | list[nn.Module]:
     """What LyCORIS takes as the text encoder: one root (SD 1.x, keys ``lora_te_``), or a list
-    (SDXL: ``lora_te1_`` / ``lora_te2_``, LyCORIS' numbering of a list)."""
+    (SDXL: ``lora_te1_`` / ``lora_te2_``, LyCORIS' numbering of a list; Flux's one CLIP-L is
+    a list of one, ``lora_te1_``, the family's name for it)."""
     roots = [text_root(module) for module in text_encoders.values()]
-    return roots[0] if len(roots) == 1 else roots
+    numbered = family is not None and family.kohya_prefixes.get("text_encoder", "").endswith("1")
+    return roots[0] if len(roots) == 1 and not numbered else roots
 
 
 def unet_name_map(unet: nn.Module, family) -> dict[str, str]:
-    """LyCORIS' UNet module name (``lora_unet_`` + the diffusers path) -> the family's kohya
-    name (SDXL: the SGM path); only the names that differ."""
+    """LyCORIS' UNet module name (``lora_unet_`` + the diffusers path) -> the family's name
+    in LyCORIS files (SDXL: kohya's SGM path; Flux: ``lycoris_`` + the diffusers path); only
+    the names that differ."""
     renamed = {}
     for path, _ in unet.named_modules():
         if not path:
             continue
         internal = f"{kf.UNET_PREFIX}_{path.replace('.', '_')}"
         try:
-            external = family.kohya_module_name("unet", path)
+            external = family.lycoris_module_name("unet", path)
         except ValueError:  # a container with no place in the family's layout
             continue
         if external != internal:
@@ -191,7 +215,7 @@ def build_lycoris(
     unet.requires_grad_(False)
     for module in encoders.values():
         module.requires_grad_(False)
-    root = text_roots(encoders) if spec.train_text_encoder else None
+    root = text_roots(encoders, family) if spec.train_text_encoder else None
     net = _lycoris_network(unet, root, spec, family.lycoris_preset(spec.preset))
     renamed = unet_name_map(unet, family)
     for module in net.unet_loras:  # before apply_to, which registers them by lora_name
