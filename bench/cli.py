@@ -5,6 +5,8 @@
     python -m bench sweep                                         # P2 and P4 (tiny, CPU)
     python -m bench validity                                      # scores vs the world's oracle
     python -m bench train --smoke --results /tmp/r.md             # CI: a few steps, any device
+    python -m bench train --model flux_shape --batch 1            # FLUX.1 at 1024 px (GPU)
+    python -m bench train --model flux_shape --flops-only         # FLOPs only, any machine
 
 ``--smoke`` shrinks every size to seconds on a CPU (tiny model); the numbers it prints are not
 measurements, only proof that the benchmark still runs, so they never go to the tracked
@@ -23,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.report import DEFAULT_RESULTS, append_block, command_line
+from bench.runs import MODELS
 from trainer.logs import setup_logging
 
 
@@ -53,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="P1: our loop vs the reference loop (images/s, MFU)")
     _common(train)
-    train.add_argument(
-        "--model", default="tiny", choices=["tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape"]
-    )
+    train.add_argument("--model", default="tiny", choices=list(MODELS))
     train.add_argument("--resolution", type=int, default=None, help="default: the model's")
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--rank", type=int, default=32)
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="example",
         choices=["example", "ours"],
         help="reference LoRA targets: the example's to_q/k/v/out.0, or our network's modules",
+    )
+    train.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count each variant's FLOPs per image on the meta device; train nothing (any "
+        "model on any machine: checks that its bench configuration composes)",
     )
     train.add_argument(
         "--profile",
@@ -214,11 +221,12 @@ def _train(args, command: str):
         repeats=args.repeats,
         ref_targets=args.ref_targets,
         profile_dir=args.profile,
+        flops_only=args.flops_only,
     )
     if args.smoke:
         opts = TrainBenchOptions(
             # The tiny model of the requested family (SDXL's for tiny_sdxl / sdxl_shape).
-            model="tiny_sdxl" if "sdxl" in args.model else "tiny",
+            model=_tiny_of(args.model),
             resolution=64,
             batch=2,
             rank=4,
@@ -230,8 +238,16 @@ def _train(args, command: str):
             overrides=tuple(args.override),
             ref_targets=args.ref_targets,
             profile_dir=args.profile,
+            flops_only=args.flops_only,
         )
     return train_bench(opts, command)
+
+
+def _tiny_of(model: str) -> str:
+    """The tiny model of ``model``'s family (smoke runs)."""
+    if "sdxl" in model:
+        return "tiny_sdxl"
+    return "tiny_flux" if "flux" in model else "tiny"
 
 
 def _eval(args, command: str):

@@ -7,6 +7,7 @@
 #      bash bench/gpu_session.sh p1     # train: ours vs reference, batch 8 and 1, profile
 #      bash bench/gpu_session.sh p1c    # train, ours: cuDNN autotuning, torch.compile modes
 #      bash bench/gpu_session.sh p3     # eval vs train at the default settings, then GPU tests
+#      bash bench/gpu_session.sh p1f    # train on FLUX.1 (flux_shape, 1024 px): ours vs reference
 #    Results are appended to $OUT/RESULTS_gpu.md (logs and profiles beside it); append the
 #    blocks to bench/RESULTS.md here and update its summary.
 #
@@ -76,6 +77,18 @@ p1c() {
     } 2>&1 | tee "$OUT/p1c.log"
 }
 
+p1f() {
+    setup
+    {
+        # FLUX.1-dev's shape at 1024 px, batch 1, LoRA rank 32 (two ~68 GB fp32 builds, one per
+        # variant, cast to bf16 by each): ours vs diffusers' Flux example, then ours with
+        # gradient checkpointing (what 24 GB cards need; the memory column shows the saving).
+        bench train --model flux_shape --batch 1 --window 5 --windows 2
+        bench train --model flux_shape --batch 1 --window 5 --windows 2 --variants ours \
+            --override train.gradient_checkpointing=true
+    } 2>&1 | tee "$OUT/p1f.log"
+}
+
 p3() {
     setup
     {
@@ -95,6 +108,7 @@ case "$PART" in
     fetch) fetch ;;
     p1) p1 ;;
     p1c) p1c ;;
+    p1f) p1f ;;
     p3) p3 ;;
-    *) echo "usage: bash bench/gpu_session.sh fetch|p1|p1c|p3" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_session.sh fetch|p1|p1c|p1f|p3" >&2; exit 2 ;;
 esac

@@ -6,9 +6,10 @@
   the process's peak resident set size (``VmHWM``, reset per measurement through
   ``/proc/self/clear_refs``; ``ru_maxrss`` where that is not possible, a whole-process peak).
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward of the UNet
-  with its adapters, on the ``meta`` device (shapes only: free, no memory), at the batch and
-  latent size of the run. Matmuls and convolutions are counted (2 FLOPs per multiply-add),
-  attention through SDPA's formula; elementwise work is not, as is usual for MFU.
+  (Flux: the transformer) with its adapters, on the ``meta`` device (shapes only: free, no
+  memory), at the batch and latent size of the run. Matmuls and convolutions are counted
+  (2 FLOPs per multiply-add), attention through SDPA's formula; elementwise work is not, as is
+  usual for MFU.
 * MFU: counted FLOPs per second / the device's dense bf16 peak (:data:`PEAK_TFLOPS`).
 """
 
@@ -158,6 +159,31 @@ def unet_step_flops(
             ids = torch.zeros(batch, text_len, dtype=torch.long, device=device)
             h = text_encoder(ids)[0]
         out = unet(x, t, h, added_cond_kwargs=added).sample
+        out.float().pow(2).mean().backward()
+
+    return count_flops(step)
+
+
+def flux_step_flops(transformer, batch: int, latent_hw: tuple[int, int], text_len: int) -> int:
+    """FLOPs of one forward + backward of a Flux ``transformer`` (with whatever adapters it
+    has) on ``latent_hw`` latents (2x2-packed: h/2 * w/2 image tokens) and ``text_len`` T5
+    tokens, with the dev model's guidance input where it has one."""
+    param = next(transformer.parameters())
+    device, dtype = param.device, torch.float32
+    config = transformer.config
+    tokens = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+
+    def step():
+        x = torch.randn(batch, tokens, config.in_channels, device=device, dtype=dtype)
+        text = torch.randn(batch, text_len, config.joint_attention_dim, device=device, dtype=dtype)
+        pooled = torch.randn(batch, config.pooled_projection_dim, device=device, dtype=dtype)
+        t = torch.full((batch,), 0.5, device=device, dtype=dtype)
+        guidance = t if config.guidance_embeds else None
+        out = transformer(
+            hidden_states=x, timestep=t, guidance=guidance, pooled_projections=pooled,
+            encoder_hidden_states=text, txt_ids=torch.zeros(text_len, 3, device=device),
+            img_ids=torch.zeros(tokens, 3, device=device), return_dict=False,
+        )[0]  # fmt: skip
         out.float().pow(2).mean().backward()
 
     return count_flops(step)

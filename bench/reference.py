@@ -44,6 +44,7 @@ class ReferenceSettings:
     max_grad_norm: float = 1.0
     seed: int = 42
     targets: tuple[str, ...] = EXAMPLE_TARGETS
+    gradient_checkpointing: bool = False  # Flux: as ours (the example's --gradient_checkpointing)
 
 
 def _text_encoders(components) -> list:

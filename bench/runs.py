@@ -17,7 +17,8 @@ from trainer.models.components import SDComponents
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_DIR / "conf"
-MODELS = ("tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape")
+FLUX_MODELS = ("tiny_flux", "flux_shape")
+MODELS = ("tiny", "sd15_shape", "tiny_sdxl", "sdxl_shape", *FLUX_MODELS)
 
 
 def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
@@ -32,9 +33,20 @@ def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> Dict
         return compose(config_name="config", overrides=[*base, *overrides])
 
 
-def build_components(model: str, device: torch.device, seed: int = 0) -> SDComponents:
+def build_components(model: str, device: torch.device, seed: int = 0, flow=None) -> SDComponents:
     """A fresh base model (random weights); the ``*_shape`` models are initialised on
-    ``device`` directly. SDXL models (``tiny_sdxl``, ``sdxl_shape``) are ``SDXLComponents``."""
+    ``device`` directly. SDXL models (``tiny_sdxl``, ``sdxl_shape``) are ``SDXLComponents``,
+    Flux models (``tiny_flux``, ``flux_shape``) ``FluxComponents`` with ``flow`` (the run's
+    ``FlowSettings``: T5's token count, the timestep sampling; default: the built-in's)."""
+    if model in FLUX_MODELS:
+        from trainer.models import flux
+
+        if model == "flux_shape":
+            return flux.build_flux_shape_components(seed, flow, device=device)
+        if device.type == "meta":
+            with device:
+                return flux.build_tiny_flux_components(seed, flow)
+        return flux.build_tiny_flux_components(seed, flow)
     if model == "tiny":
         from trainer.models.tiny import build_tiny_components
 
@@ -60,9 +72,9 @@ def build_components(model: str, device: torch.device, seed: int = 0) -> SDCompo
     raise ValueError(f"--model: {model!r} is not allowed; allowed: {', '.join(MODELS)}")
 
 
-def meta_components(model: str) -> SDComponents:
+def meta_components(model: str, flow=None) -> SDComponents:
     """The model's modules on the ``meta`` device: shapes only, for FLOP counting."""
-    return build_components(model, torch.device("meta"))
+    return build_components(model, torch.device("meta"), flow=flow)
 
 
 def release(device: torch.device) -> None:

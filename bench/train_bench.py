@@ -4,7 +4,12 @@ Both train the same base model (fresh random weights each) on the same synthetic
 same batch size, resolution and LoRA rank, with cached latents, in one process, one after the
 other. "ours" is the project's real path (``trainer.run.train_from_config`` on the composed
 config: kohya LierLa LoRA on the UNet, text encoder frozen so its outputs are cached, the speed
-keys of ``conf/train/lora.yaml``); "reference" is :mod:`bench.reference`.
+keys of ``conf/train/lora.yaml``); "reference" is :mod:`bench.reference` (Flux:
+:mod:`bench.reference_flux`, diffusers' FLUX.1 LoRA example's step).
+
+``flops_only`` counts the FLOPs of both variants on the ``meta`` device and trains nothing: it
+runs anywhere, for any model (``flux_shape`` at 1024 px on a CPU), and checks that the model's
+bench configuration composes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from bench import measure
 from bench.data import captions, write_dataset
 from bench.reference import EXAMPLE_TARGETS, ReferenceSettings, reference_training
 from bench.report import Block, device_description
-from bench.runs import build_components, compose_run, meta_components, release
+from bench.runs import FLUX_MODELS, build_components, compose_run, meta_components, release
+from bench.train_block import train_block
 from trainer.data.images import load_rgb, to_tensor
 from trainer.device import resolve_device
 from trainer.families import family_of
@@ -30,17 +36,14 @@ from trainer.models.text_encoding import tokenize_prompts
 
 log = logging.getLogger(__name__)
 
-NATIVE = {"tiny": 64, "sd15_shape": 512, "tiny_sdxl": 64, "sdxl_shape": 1024}
-COLUMNS = [
-    "variant",
-    "images/s",
-    "step ms",
-    "peak memory",
-    "TFLOP/image",
-    "MFU",
-    "MFU (1.75 TFLOP/img)",
-    "vs reference",
-]
+NATIVE = {
+    "tiny": 64,
+    "sd15_shape": 512,
+    "tiny_sdxl": 64,
+    "sdxl_shape": 1024,
+    "tiny_flux": 64,
+    "flux_shape": 1024,
+}
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,15 @@ class TrainBenchOptions:
     repeats: int = 1  # variants alternate; the median step time counts (noisy, shared CPUs)
     ref_targets: str = "example"  # example: to_q/k/v/out.0 | ours: our network's UNet modules
     profile_dir: Path | None = None  # torch.profiler tables of one window per variant
+    flops_only: bool = False  # count FLOPs on the meta device, train nothing
 
     @property
     def size(self) -> int:
         return self.resolution or NATIVE[self.model]
+
+    @property
+    def flux(self) -> bool:
+        return self.model in FLUX_MODELS
 
     @property
     def total_steps(self) -> int:
@@ -119,7 +127,8 @@ def ours_overrides(opts: TrainBenchOptions, data_dir: Path, device: torch.device
         f"model.resolution={size}",
         f"model.min_bucket_reso={min(size, 64)}",
         f"model.max_bucket_reso={max(size, 1024)}",
-        "model.bucket_reso_steps=8",
+        # Flux packs 2x2 latent patches: sizes in steps of 16 px.
+        f"model.bucket_reso_steps={16 if opts.flux else 8}",
         f"data.dir={data_dir}",
         "data.enable_bucket=false",
         f"network.dim={opts.rank}",
@@ -142,11 +151,20 @@ def _ours_cfg(opts: TrainBenchOptions, device: torch.device, work: Path):
     return compose_run(ours_overrides(opts, work / "data", device), work / "out", work / "cache")
 
 
+def _flow(cfg):
+    """The run's flow-matching settings (Flux: T5's token count, the sampling), else None."""
+    if cfg.model.get("family") != "flux":
+        return None
+    from trainer.settings.flow import read_flow_settings
+
+    return read_flow_settings(cfg.model)[0]
+
+
 def time_ours(opts: TrainBenchOptions, device: torch.device, work: Path) -> Timing:
     from trainer.run import train_from_config
 
     cfg = _ours_cfg(opts, device, work)
-    components = build_components(opts.model, device)
+    components = build_components(opts.model, device, flow=_flow(cfg))
     timer = measure.StepTimer(device)
     marks = _Marks(timer, _profiler(opts, "ours", device))
     result = train_from_config(cfg, callbacks=[marks], components=components)
@@ -161,16 +179,22 @@ def flops_ours(opts: TrainBenchOptions, device: torch.device, work: Path) -> flo
     from trainer.networks.factory import build_network
 
     cfg = _ours_cfg(opts, device, work)
-    meta = meta_components(opts.model)
+    flow = _flow(cfg)
+    meta = meta_components(opts.model, flow)
     family, encoders = _frozen(meta)
     build_network(meta.unet, encoders, cfg.network, family)
     te = meta.text_encoder if cfg.network.train_text_encoder else None
-    if te is not None and len(encoders) > 1:
+    if te is not None and (len(encoders) > 1 or flow is not None):
         raise ValueError(
-            "bench train: FLOPs of trained SDXL text encoders are not counted; keep "
+            "bench train: FLOPs of trained SDXL / Flux text encoders are not counted; keep "
             "network.train_text_encoder=false (the default here)"
         )
     latent = opts.size // 8
+    if flow is not None:
+        flops = measure.flux_step_flops(
+            meta.transformer, opts.batch, (latent, latent), flow.t5_max_token_length
+        )
+        return flops / opts.batch
     return measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77, te) / opts.batch
 
 
@@ -185,7 +209,16 @@ def _frozen(meta):
 
 def _token_ids(components, texts: list[str]) -> torch.Tensor | dict[str, torch.Tensor]:
     """``[N, 77]`` ids, or (several encoders, SDXL) ids by encoder: each tokenizer's own
-    padded encoding, as the SDXL example tokenizes."""
+    padded encoding, as the SDXL example tokenizes; Flux: CLIP-L's 77 and T5's
+    ``t5_max_token_length`` ids, as the Flux example's ``encode_prompt`` pads them."""
+    if getattr(components, "family", None) == "flux":
+        t5_length = components.flow.t5_max_token_length
+        return {
+            name: tok(texts, padding="max_length", max_length=length, truncation=True,
+                      return_tensors="pt").input_ids
+            for name, tok, length in (("text_encoder", components.tokenizer, 77),
+                                      ("text_encoder_2", components.tokenizer_2, t5_length))
+        }  # fmt: skip
     tokenizers = family_of(components).tokenizers(components)
     if len(tokenizers) == 1:
         return tokenize_prompts(components.tokenizer, texts)[:, 0]
@@ -197,7 +230,8 @@ def _token_ids(components, texts: list[str]) -> torch.Tensor | dict[str, torch.T
 
 
 def encoded_latents(components, data_dir: Path, device: torch.device) -> torch.Tensor:
-    """The synthetic images' latents (posterior mean, scaled), on the CPU: precomputed once."""
+    """The synthetic images' latents (posterior mean, shifted (Flux) and scaled), on the CPU:
+    precomputed once."""
     vae = components.vae.to(device)
     paths = sorted(Path(data_dir).rglob("*.png"))
     latents = []
@@ -205,11 +239,13 @@ def encoded_latents(components, data_dir: Path, device: torch.device) -> torch.T
         for path in paths:
             pixels = to_tensor(load_rgb(path))[None].to(device)
             latents.append(vae.encode(pixels).latent_dist.mode().float().cpu())
-    return torch.cat(latents) * float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return (torch.cat(latents) - shift) * float(vae.config.scaling_factor)
 
 
 def time_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -> Timing:
-    components = build_components(opts.model, device)
+    cfg = _ours_cfg(opts, device, work)
+    components = build_components(opts.model, device, flow=_flow(cfg))
     latents = encoded_latents(components, work / "data", device)
     ids = _token_ids(components, captions(opts.images))
     components.vae.to("cpu")
@@ -220,6 +256,7 @@ def time_reference(opts: TrainBenchOptions, device: torch.device, work: Path) ->
         steps=opts.total_steps,
         rank=opts.rank,
         targets=reference_targets(opts, device, work),
+        gradient_checkpointing=bool(cfg.train.gradient_checkpointing),
     )
 
     profiler = _profiler(opts, "reference", device)
@@ -228,7 +265,12 @@ def time_reference(opts: TrainBenchOptions, device: torch.device, work: Path) ->
         if step % opts.window == 0:
             _mark(timer, profiler, step)
 
-    reference_training(components, latents, ids, device, settings, on_step)
+    if opts.flux:
+        from bench.reference_flux import flux_reference_training
+
+        flux_reference_training(components, latents, ids, device, settings, on_step)
+    else:
+        reference_training(components, latents, ids, device, settings, on_step)
     return Timing(timer.step_seconds(), measure.peak_memory_bytes(device))
 
 
@@ -236,6 +278,10 @@ def reference_targets(opts: TrainBenchOptions, device: torch.device, work: Path)
     """The reference's target modules: the example's, or (``ours``) the very UNet modules our
     network adapts, so that both do the same work per step."""
     if opts.ref_targets == "example":
+        if opts.flux:
+            from bench.reference_flux import FLUX_EXAMPLE_TARGETS
+
+            return FLUX_EXAMPLE_TARGETS
         return EXAMPLE_TARGETS
     from trainer.networks.factory import build_network
 
@@ -254,10 +300,17 @@ def flops_reference(opts: TrainBenchOptions, device: torch.device, work: Path) -
     from peft import LoraConfig
 
     targets = list(reference_targets(opts, device, work))
-    meta = meta_components(opts.model)
+    flow = _flow(_ours_cfg(opts, device, work))
+    meta = meta_components(opts.model, flow)
     meta.unet.requires_grad_(False)
     meta.unet.add_adapter(LoraConfig(r=opts.rank, lora_alpha=opts.rank, target_modules=targets))
     latent = opts.size // 8
+    if flow is not None:  # the transformer, then CLIP-L and T5 on every step's captions
+        length = flow.t5_max_token_length
+        flops = measure.flux_step_flops(meta.transformer, opts.batch, (latent, latent), length)
+        flops += measure.text_encoder_flops(meta.text_encoder, opts.batch)
+        flops += measure.text_encoder_flops(meta.text_encoder_2, opts.batch, length)
+        return flops / opts.batch
     flops = measure.unet_step_flops(meta.unet, opts.batch, (latent, latent), 77)
     for encoder in family_of(meta).text_encoders(meta).values():  # SDXL: both, every step
         flops += measure.text_encoder_flops(encoder, opts.batch)
@@ -293,70 +346,24 @@ def measure_variants(opts: TrainBenchOptions, device: torch.device, work: Path):
     return measured
 
 
+def count_variants(opts: TrainBenchOptions, device: torch.device, work: Path):
+    """``flops_only``: every variant's FLOPs per image, no timing (step time NaN)."""
+    return [
+        Measurement(v, opts.batch, float("nan"), 0, RUNNERS[v][1](opts, device, work))
+        for v in opts.variants
+    ]
+
+
 def train_bench(opts: TrainBenchOptions, command: str) -> Block:
     """Run every variant of ``opts`` and return the results block."""
     device = resolve_device(opts.device)
     peak = measure.peak_tflops(device, opts.peak_tflops)
-    block = Block("train", device_description(device), command, COLUMNS)
     memory_how = "peak memory: " + measure.reset_peak_memory(device)
     with tempfile.TemporaryDirectory(prefix="lorasweep-bench-") as tmp:
         work = Path(tmp)
-        write_dataset(work / "data", opts.size, opts.images, opts.batch * opts.total_steps)
-        measured = measure_variants(opts, device, work)
-    reference = next((m for m in measured if m.variant == "reference"), None)
-    for m in measured:
-        fps = m.flops_per_image * m.images_per_second
-        issue_mfu = (  # the issue's figure is for SD 1.5 at 512 px
-            measure.mfu(measure.ISSUE_TFLOP_PER_IMAGE_512 * 1e12 * m.images_per_second, peak)
-            if opts.size == 512 and opts.model in ("tiny", "sd15_shape")
-            else None
-        )
-        block.add_row(
-            variant=m.variant,
-            **{
-                "images/s": m.images_per_second,
-                "step ms": m.step_seconds * 1e3,
-                "peak memory": measure.gib(m.peak_bytes),
-                "TFLOP/image": m.flops_per_image / 1e12,
-                "MFU": _percent(measure.mfu(fps, peak)),
-                "MFU (1.75 TFLOP/img)": _percent(issue_mfu),
-                "vs reference": (
-                    f"{m.images_per_second / reference.images_per_second:.2f}x"
-                    if reference
-                    else None
-                ),
-            },
-        )
-        block.notes += m.notes
-    block.settings = [
-        f"model {opts.model}",
-        f"{opts.size} px",
-        f"batch {opts.batch}",
-        f"LoRA rank {opts.rank} (alpha = rank)",
-        f"{opts.windows} windows of {opts.window} steps after a {opts.window}-step warm-up",
-        "cached latents (both)",
-        f"ours overrides: {' '.join(opts.overrides) or 'none'}",
-        f"reference targets: {opts.ref_targets}",
-    ]
-    if opts.profile_dir:
-        block.notes.append(
-            f"torch.profiler tables: {opts.profile_dir}/profile_<variant>.txt (the first "
-            "measured window of each variant's first repeat, slowed by profiling)"
-        )
-    block.notes += [
-        memory_how + ", over the measured windows",
-        "FLOPs: FlopCounterMode over one UNet forward + backward with the variant's adapters "
-        "on the meta device (+ the reference's per-step text-encoder forward); MFU = counted "
-        f"FLOP/s / peak ({peak or 'unknown'} TFLOP/s dense bf16)",
-        (
-            "ours trains kohya's LierLa targets (attention, feed-forward, proj_in/out); the "
-            "reference the example's to_q/to_k/to_v/to_out.0: ours does more work per image"
-            if opts.ref_targets == "example"
-            else "both train the same UNet modules (our network's)"
-        ),
-    ]
-    return block
-
-
-def _percent(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:.1f}%"
+        if opts.flops_only:
+            measured = count_variants(opts, device, work)
+        else:
+            write_dataset(work / "data", opts.size, opts.images, opts.batch * opts.total_steps)
+            measured = measure_variants(opts, device, work)
+    return train_block(opts, measured, device_description(device), command, peak, memory_how)

@@ -17,7 +17,7 @@ import pytest
 from bench.cli import main
 from bench.eval_bench import COLUMNS as EVAL_COLUMNS
 from bench.report import HEADER_PATTERN
-from bench.train_bench import COLUMNS as TRAIN_COLUMNS
+from bench.train_block import COLUMNS as TRAIN_COLUMNS
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"^\d+(\.\d+)?(e[+-]\d+)?$")
@@ -148,3 +148,48 @@ def test_train_smoke_on_tiny_sdxl_runs_both_loops_with_sdxl_conditioning(tmp_pat
     for row in rows:
         assert float(row["images/s"]) > 0 and float(row["TFLOP/image"]) > 0
         assert row["MFU (1.75 TFLOP/img)"] == "n/a"  # the SD 1.5 figure is not SDXL's
+
+
+def test_train_smoke_on_tiny_flux_runs_ours_and_the_diffusers_flux_reference(tmp_path):
+    """``--model flux_shape --smoke`` trains the tiny Flux: ours against the reference loop of
+    diffusers' Flux LoRA example (transformer + peft, CLIP-L and T5 on every batch)."""
+    results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "train", "--smoke", "--model", "flux_shape",
+         "--device", "cpu", "--results", str(results)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = results.read_text()
+    assert "Settings: model tiny_flux; 64 px" in text
+    assert "one transformer forward + backward" in text
+    rows = _block(text, "train", TRAIN_COLUMNS)
+    assert [r["variant"] for r in rows] == ["ours", "reference"]
+    for row in rows:
+        assert float(row["images/s"]) > 0 and float(row["TFLOP/image"]) > 0
+        assert row["MFU (1.75 TFLOP/img)"] == "n/a"
+
+
+def test_flux_shape_at_1024_px_counts_flops_without_training(tmp_path, capsys):
+    """``--flops-only`` composes flux_shape's bench config and counts both variants on the meta
+    device. By hand, a LoRA step of FLUX.1-dev at 1024 px (4096 image + 512 text tokens) is
+    ~164 TFLOP per image: the blocks' Linear layers 2 FLOP per weight per token (~59 TFLOP)
+    and their input gradients as much again, attention 4 S^2 d per block forward (~15 TFLOP)
+    and twice that backward; the modulation layers see one vector per sample."""
+    results = tmp_path / "RESULTS.md"
+    argv = ["train", "--model", "flux_shape", "--flops-only", "--batch", "1", "--device", "cpu"]
+    assert main([*argv, "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "Settings: model flux_shape; 1024 px; batch 1" in text
+    assert "FLOPs only (--flops-only)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ours") or
+             line.startswith("| reference")]  # fmt: skip
+    assert len(table) == 2
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        row = dict(zip(TRAIN_COLUMNS, cells, strict=True))
+        assert row["images/s"] == "n/a" and row["step ms"] == "n/a"
+        assert 150 < float(row["TFLOP/image"]) < 185
+    assert "### train · " in capsys.readouterr().out
