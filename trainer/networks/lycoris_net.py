@@ -6,7 +6,9 @@ suffixes ``hada_w1_a`` ... (LoHa), ``lokr_w1`` / ``lokr_w2`` or their ``_a`` / `
 (LoKr), ``weight`` + ``on_input`` ((IA)^3), ``lora_down`` / ``lora_up`` + ``dora_scale`` (DoRA),
 which A1111/Forge and ComfyUI read. The text encoder is handed to LyCORIS under a
 ``text_model`` attribute, because transformers 5 dropped that level from ``CLIPTextModel`` and
-the file format keeps it (``lora_te_text_model_encoder_layers_0_...``).
+the file format keeps it (``lora_te_text_model_encoder_layers_0_...``). The family renames the
+denoiser's modules (``family.lycoris_module_name``: SDXL's SGM paths; Flux's transformer layers
+as ``lycoris_<diffusers path>``, every Linear of its blocks, ``flux_preset``).
 
 Which layers are adapted (LyCORIS' ``full`` preset, restricted to SD 1.x's block types):
 Linear / 1x1 convs in ``Transformer2DModel``, ``ResnetBlock2D``, ``time_embedding``, and, when
