@@ -275,6 +275,7 @@ class Harness:
                     images=generated,
                     texts=[item.text for item in items],
                     prompts=[item.prompt for item in items],
+                    subject=[item.subject for item in items],
                     components=components,
                     encode=encode,
                     condition=condition,

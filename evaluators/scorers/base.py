@@ -28,6 +28,9 @@ class ScoreInputs:
     """For each generated image, the text it should match (CLIP-T)."""
     prompts: Sequence[str] = ()
     """For each generated image, the prompt the diffusion model was given (the world oracle)."""
+    subject: Sequence[bool] = ()
+    """For each generated image, whether its prompt names the subject (``{trigger}``); empty =
+    every image does. The fidelity scorers read only these (:func:`subject_images`)."""
     components: SDComponents | None = None
     """The base model with the LoRA active at the current strength (validation loss)."""
     encode: Callable[[list[str]], torch.Tensor] | None = None
@@ -51,6 +54,24 @@ class Scorer(Protocol):
     def score(self, inputs: ScoreInputs) -> dict[str, float]:
         """Scores of ``inputs`` as ``{metric: value}``."""
         ...
+
+
+def subject_images(inputs: ScoreInputs) -> list[Image.Image]:
+    """The generated images whose prompt names the subject: what fidelity scorers (CLIP-I, DINO,
+    face identity) compare with the subject's references. An image of another prompt (``a
+    photo of {class}``, a base-world prompt) is not meant to look like the subject."""
+    images = list(inputs.images)
+    if not inputs.subject:
+        return images
+    if len(inputs.subject) != len(images):
+        raise ValueError(f"{len(images)} images but {len(inputs.subject)} subject flags")
+    chosen = [image for image, named in zip(images, inputs.subject, strict=True) if named]
+    if not chosen:
+        raise ValueError(
+            "no generated image comes from a prompt that names the subject ('{trigger}'); "
+            "fidelity (clip_i, dino, face) has nothing to compare"
+        )
+    return chosen
 
 
 def mean_pairwise_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,7 +1,8 @@
 """CLIP-I: subject fidelity as the mean pairwise cosine of CLIP image embeddings.
 
-Every generated image is compared with every training (reference) image and the cosines are
-averaged (DreamBench; real-vs-real images of a subject score about 0.885 with ViT-B/32).
+Every generated image of a prompt that names the subject (``{trigger}``) is compared with every
+training (reference) image and the cosines are averaged (DreamBench; real-vs-real images of a
+subject score about 0.885 with ViT-B/32).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from evaluators.scorers.base import ScoreInputs, mean_pairwise_cosine
+from evaluators.scorers.base import ScoreInputs, mean_pairwise_cosine, subject_images
 from evaluators.scoring_models import ClipBundle, clip_image_embeddings
 
 
@@ -26,5 +27,5 @@ class ClipImageScorer:
         self.reference_embeddings = clip_image_embeddings(clip, list(references))
 
     def score(self, inputs: ScoreInputs) -> dict[str, float]:
-        generated = clip_image_embeddings(self.clip, list(inputs.images))
+        generated = clip_image_embeddings(self.clip, subject_images(inputs))
         return {"clip_i": mean_pairwise_cosine(generated, self.reference_embeddings)}

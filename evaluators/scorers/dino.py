@@ -2,7 +2,8 @@
 
 DreamBench uses DINO ViT-S/16 (``facebook/dino-vits16``): unlike CLIP, DINO was trained to tell
 instances of a class apart, so it rewards the *same* subject, not just the same kind of
-subject. Real-vs-real images of a subject score about 0.774.
+subject. Real-vs-real images of a subject score about 0.774. Only images of prompts that name
+the subject (``{trigger}``) are compared (``base.subject_images``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from evaluators.scorers.base import ScoreInputs, mean_pairwise_cosine
+from evaluators.scorers.base import ScoreInputs, mean_pairwise_cosine, subject_images
 from evaluators.scoring_models import DinoBundle, dino_embeddings
 
 
@@ -27,5 +28,5 @@ class DinoScorer:
         self.reference_embeddings = dino_embeddings(dino, list(references))
 
     def score(self, inputs: ScoreInputs) -> dict[str, float]:
-        generated = dino_embeddings(self.dino, list(inputs.images))
+        generated = dino_embeddings(self.dino, subject_images(inputs))
         return {"dino": mean_pairwise_cosine(generated, self.reference_embeddings)}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evaluators.scorers.base import ScoreInputs
+from evaluators.scorers.base import ScoreInputs, subject_images
 from trainer.errors import BackendMissingError, DataError, ModelLoadError
 
 SAME_PERSON_DISTANCE = 0.6
@@ -102,7 +102,7 @@ class FaceIdentityScorer:
         self.references_without_face = len(references) - len(found)
 
     def score(self, inputs: ScoreInputs) -> dict[str, float]:
-        images = list(inputs.images)
+        images = subject_images(inputs)
         distances, similarities = [], []
         for image in images:
             d = self.encoder.descriptor(image)

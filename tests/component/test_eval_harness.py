@@ -399,3 +399,23 @@ def test_a_pool_sent_to_another_process_arrives_empty(tmp_path):
     assert sum(h.pool.load_counts.values()) >= 1
     copy = pickle.loads(pickle.dumps(h.pool))
     assert isinstance(copy, ModelPool) and not copy.load_counts and not copy.base_keys()
+
+
+def test_images_of_prompts_without_the_trigger_do_not_count_as_subject_fidelity(tmp_path):
+    """The harness flags each image's prompt: adding a prompt without ``{trigger}`` leaves
+    CLIP-I as it was (image k of prompt 0 has the same seed either way) and moves CLIP-T."""
+    lora = _lora_file(tmp_path / "a-000001.safetensors", seed=1)
+    metrics = ["clip_i", "clip_t"]
+    one = _harness(tmp_path / "one", metrics=metrics, strengths=[1.0]).evaluate(lora).metrics
+    two = (
+        _harness(
+            tmp_path / "two",
+            metrics=metrics,
+            strengths=[1.0],
+            prompts=["a photo of {trigger}", "a red car on a beach"],
+        )
+        .evaluate(lora)
+        .metrics
+    )
+    assert two["eval/clip_i"] == pytest.approx(one["eval/clip_i"], abs=1e-6)
+    assert two["eval/clip_t"] != pytest.approx(one["eval/clip_t"], abs=1e-6)

@@ -130,3 +130,22 @@ def test_scoring_models_load_from_a_local_directory(tmp_path, photos):
         scoring_models.dino_embeddings(tiny_dino, photos),
         atol=1e-5,
     )
+
+
+def test_fidelity_scorers_compare_only_images_of_prompts_that_name_the_subject(photos):
+    """``a photo of {class}`` or another object is not meant to look like the subject: its
+    images leave CLIP-I and DINO unchanged (CLIP-T still reads them)."""
+    for scorer_class, model, key in (
+        (ClipImageScorer, scoring_models.load_clip("tiny"), "clip_i"),
+        (DinoScorer, scoring_models.load_dino("tiny"), "dino"),
+    ):
+        scorer = scorer_class(model, [photos[0]])
+        alone = scorer.score(ScoreInputs(images=[photos[0]]))[key]
+        mixed = ScoreInputs(images=[photos[0], photos[2]], subject=[True, False])
+        assert scorer.score(mixed)[key] == pytest.approx(alone, abs=1e-6)
+        every = scorer.score(ScoreInputs(images=[photos[0], photos[2]]))[key]
+        assert every < alone - 1e-4  # the unflagged image counts when no flags are given
+        with pytest.raises(ValueError, match="2 images but 1 subject flags"):
+            scorer.score(ScoreInputs(images=photos[:2], subject=[True]))
+        with pytest.raises(ValueError, match="no generated image comes from a prompt"):
+            scorer.score(ScoreInputs(images=photos[:2], subject=[False, False]))

@@ -91,3 +91,12 @@ def test_counts_that_become_lists_are_bounded():
         "eval.steps: 1000000000 is not allowed; allowed: an integer >= 1 and <= 1000",
     ]
     assert eval_config_problems({"images_per_prompt": 100, "steps": 1000}) == []
+
+
+def test_only_prompts_with_the_trigger_name_the_subject():
+    templates = ("a photo of {trigger}", "a photo of {class}", "a red car", "ohwx at night",
+                 "a cat asks ohwxx")  # fmt: skip
+    items = generation_items(templates, "ohwx", "dog", 1, 0)
+    assert [i.subject for i in items] == [True, False, False, True, False]
+    # Prompts that never name the trigger (written out, no eval.trigger): all the subject's.
+    assert [i.subject for i in generation_items(("a photo of sks",), "", None, 2, 0)] == [True] * 2
