@@ -70,7 +70,7 @@ class ValidityOptions:
     strengths: tuple[float, ...] = STRENGTHS
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     replay_trials: int | None = None  # None: 30 % of the grid's points
-    images_per_prompt: int = 4  # 6 subject prompts x 4: the oracle reads 24 images per point
+    images_per_prompt: int = 12  # 2 subject prompts x 12: the oracle reads 24 images per point
     overrides: tuple[str, ...] = ()
     threads: int = 1
     base_images: int = 2  # images per prompt for the base-model check
