@@ -7,11 +7,11 @@
 * ``compile``: ``torch.compile`` of the UNet (the first steps pay for compilation): ``true``
   (the default mode) or a mode name, e.g. ``reduce-overhead`` (CUDA graphs: fewer launches,
   for small batches; each bucket shape is compiled and captured once);
-* ``frozen_precision``: the frozen base weights of the UNet and text encoder stored in the
-  autocast dtype (``auto`` = when mixed precision is on), as diffusers' and kohya's LoRA
-  scripts do: half the memory, and autocast no longer casts every weight at every step. The
-  adapters (and anything else trained) stay in fp32. The VAE is left alone: its weights are
-  part of the latent cache's key.
+* ``frozen_precision``: the frozen base weights of the UNet / transformer and every text
+  encoder (Flux's T5-XXL too, which no adapter trains) stored in the autocast dtype (``auto`` =
+  when mixed precision is on), as diffusers' and kohya's LoRA scripts do: half the memory, and
+  autocast no longer casts every weight at every step. The adapters (and anything else
+  trained) stay in fp32. The VAE is left alone: its weights are part of the latent cache's key.
 
 On the CPU every ``auto`` is off, so CPU runs stay bitwise reproducible.
 """
@@ -56,6 +56,14 @@ def speed_options(train: Any, device: torch.device, autocast: torch.dtype | None
         compile=value(train, "compile"),
         frozen_dtype=autocast if frozen == "auto" else None,
     )
+
+
+def frozen_modules(components: Any) -> list[torch.nn.Module]:
+    """The modules whose frozen weights follow ``train.frozen_precision``: every module of the
+    model but the VAE. Flux's T5-XXL is one although nothing trains it: kohya's
+    ``flux_train_network.py`` loads it in the weight dtype too (``load_t5xxl(args.t5xxl,
+    weight_dtype, ...)``, or ``text_encoders[1].to(weight_dtype)`` before caching)."""
+    return [module for module in components.modules if module is not components.vae]
 
 
 def cast_frozen(modules: list[torch.nn.Module], dtype: torch.dtype | None) -> int:

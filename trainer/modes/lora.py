@@ -29,7 +29,7 @@ from trainer.networks.metadata import kohya_metadata, modelspec_metadata
 from trainer.optim.optimizers import describe_optimizer
 from trainer.settings.flow import kohya_flow_metadata
 from trainer.settings.network import learning_rate_advice
-from trainer.speed import cast_frozen, prepare_unet
+from trainer.speed import cast_frozen, frozen_modules, prepare_unet
 from trainer.speed import describe as describe_speed
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     family = family_of(components)
     text_encoders = family.text_encoders(components)
     network = build_network(components.unet, text_encoders, spec.network, family)
-    cast_frozen([components.unet, *text_encoders.values()], run.speed.frozen_dtype)
+    cast_frozen(frozen_modules(components), run.speed.frozen_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
     # One optimizer group per text encoder where the network has them by component (SDXL's
