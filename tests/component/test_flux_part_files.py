@@ -151,3 +151,11 @@ def test_an_fp8_t5_file_is_read_upcast_to_bf16(files, tmp_path):
     weight = loaded.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight
     expected = fp8["encoder.block.0.layer.0.SelfAttention.q.weight"].to(torch.bfloat16)
     assert weight.dtype == torch.bfloat16 and torch.equal(weight, expected)
+
+
+def test_the_evaluations_model_pool_keeps_bases_with_other_part_files_apart():
+    from evaluators.model_cache import cache_key
+
+    cpu = torch.device("cpu")
+    keys = {cache_key({**TINY, "t5xxl": t5}, cpu, torch.float32) for t5 in (None, "a.safetensors")}
+    assert len(keys) == 2
