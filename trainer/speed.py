@@ -88,16 +88,30 @@ def cast_frozen(modules: list[torch.nn.Module], dtype: torch.dtype | None) -> in
     """Store every frozen floating-point parameter of ``modules`` in ``dtype``; returns how many.
 
     Trainable parameters (the adapters) keep their dtype: the optimizer updates them in fp32.
+    Modules a transformers model keeps in fp32 stay there, as ``from_pretrained`` keeps them:
+    ``_keep_in_fp32_modules`` in fp16 (T5's ``wo``, whose fp16 outputs overflow),
+    ``_keep_in_fp32_modules_strict`` in fp16 and bf16.
     """
     if dtype is None:
         return 0
     count = 0
     for module in modules:
-        for param in module.parameters():
-            if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
-                param.data = param.data.to(dtype)
-                count += 1
+        kept = _kept_in_fp32(module, dtype)
+        for name, param in module.named_parameters():
+            if param.requires_grad or not param.is_floating_point() or param.dtype == dtype:
+                continue
+            if kept and kept.intersection(name.split(".")):
+                continue
+            param.data = param.data.to(dtype)
+            count += 1
     return count
+
+
+def _kept_in_fp32(module: torch.nn.Module, dtype: torch.dtype) -> set[str]:
+    kept = set(getattr(module, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        kept |= set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    return kept
 
 
 def _fp8_skip_patterns(model: torch.nn.Module) -> tuple[str, ...]:
