@@ -59,14 +59,18 @@ def test_part_files_replace_the_tiny_models_parts_with_their_weights(files, tmp_
 def test_part_files_replace_a_diffusers_folders_parts(files, tmp_path):
     source, paths = files
     build_tiny_flux_components(seed=0).to_pipeline().save_pretrained(tmp_path / "flux")
-    # What the files replace is not read: a folder without T5 weights still loads (the
-    # architecture is the folder's own config).
-    for file in (tmp_path / "flux" / "text_encoder_2").glob("*.safetensors"):
-        file.unlink()
-    cfg = {**TINY, "path": str(tmp_path / "flux"), "t5xxl": str(paths["t5xxl"])}
+    # What the files replace is not read: a folder without their weights still loads (the
+    # architecture is the folder's own config); it gives the transformer and tokenizers.
+    for part in PARTS.values():
+        for file in (tmp_path / "flux" / part).glob("*.safetensors"):
+            file.unlink()
+    cfg = {**TINY, "path": str(tmp_path / "flux"), **{k: str(p) for k, p in paths.items()}}
     loaded = load_model(cfg, tmp_path / "cache")
-    assert _equal(loaded.text_encoder_2, source.text_encoder_2)
-    assert not _equal(loaded.text_encoder, source.text_encoder)
+    for key, part in PARTS.items():
+        assert _equal(getattr(loaded, part), getattr(source, part)), key
+    assert _equal(loaded.transformer, build_tiny_flux_components(seed=0).transformer)
+    only_t5 = load_model({**TINY, "t5xxl": str(paths["t5xxl"])}, tmp_path / "cache")
+    assert not _equal(only_t5.text_encoder, source.text_encoder)
 
 
 @pytest.mark.parametrize(

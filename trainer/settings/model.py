@@ -94,7 +94,8 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
             problems.append(
                 "model.components: None is not allowed when model.path is a single-file Flux "
                 "transformer; allowed: a diffusers Flux folder or hub id holding the VAE, "
-                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev)"
+                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev); with "
+                "model.clip_l, t5xxl and ae set, only its tokenizers and scheduler are read"
             )
     problems += _part_file_problems(model_cfg, family)
     built_in_family = BUILT_IN_FAMILY.get(path)
