@@ -163,3 +163,33 @@ def test_the_evaluations_model_pool_keeps_bases_with_other_part_files_apart():
     cpu = torch.device("cpu")
     keys = {cache_key({**TINY, "t5xxl": t5}, cpu, torch.float32) for t5 in (None, "a.safetensors")}
     assert len(keys) == 2
+
+
+@pytest.mark.slow
+def test_full_size_clip_l_and_ae_files_read_with_the_bundled_flux1_configs(tmp_path):
+    """FLUX.1-dev's CLIP-L (123M) and AE (84M) in ComfyUI's / BFL's layouts, random weights:
+    ``model.single_file_config: flux`` reads them (T5-XXL's 4.8B are left to the tiny test)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from trainer.models.flux import flux_configs
+    from trainer.models.flux_files import load_part_files
+    from trainer.settings.model import ModelSettings
+
+    _, vae_config, clip_config, _ = flux_configs()
+    torch.manual_seed(0)
+    clip, vae = CLIPTextModel(clip_config).half(), AutoencoderKL.from_config(vae_config).half()
+    state = {f"text_model.{k.removeprefix('text_model.')}": v.contiguous()
+             for k, v in clip.state_dict().items()}  # fmt: skip
+    save_file(state, str(tmp_path / "clip_l.safetensors"))
+    ae = {k.removeprefix(VAE_PREFIX): v.contiguous() for k, v in vae_to_ldm(vae).items()}
+    save_file(ae, str(tmp_path / "ae.safetensors"))
+    settings = ModelSettings(
+        path=str(tmp_path / "flux1-dev.safetensors"), family="flux", single_file_config="flux",
+        clip_l=str(tmp_path / "clip_l.safetensors"), ae=str(tmp_path / "ae.safetensors"),
+    )  # fmt: skip
+    parts = load_part_files(settings)
+    for name, original in (("text_encoder", clip), ("vae", vae)):
+        got, want = parts[name].state_dict(), original.state_dict()
+        assert got.keys() == want.keys(), name
+        assert all(torch.equal(got[k].to(want[k].dtype), want[k]) for k in want), name
