@@ -39,7 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Keys of the ``model`` group that select weights; the others (resolution, buckets) do not.
-WEIGHT_KEYS = ("path", "weights_seed", "prediction_type", "clip_skip", "vae", "single_file_config")
+# Flux's components / clip_l / t5xxl / ae replace parts of a single-file transformer's model.
+WEIGHT_KEYS = (
+    "path", "weights_seed", "prediction_type", "clip_skip", "vae", "single_file_config",
+    "components", "clip_l", "t5xxl", "ae",
+)  # fmt: skip
 
 
 def _plain(model_cfg: Any) -> dict[str, Any]:

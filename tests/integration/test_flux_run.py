@@ -6,6 +6,7 @@ it does not support before loading."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainer.errors import ConfigError
 from trainer.networks.kohya_format import read_lora
@@ -68,6 +69,28 @@ def test_tiny_flux_lokr_run_saves_lycoris_names_of_the_diffusers_layers(compose)
     assert any(k.endswith(".lokr_w1") for k in state_dict)
     assert meta["ss_network_module"] == "lycoris.kohya"
     assert meta["ss_base_model_version"] == "flux1"
+
+
+def test_bf16_run_stores_every_frozen_part_but_the_vae_in_bf16(compose):
+    """train.frozen_precision auto with bf16: the transformer's and CLIP-L's base weights and
+    the frozen T5-XXL in bf16 (kohya loads T5 in the weight dtype too); the VAE as loaded (its
+    weights key the latent cache); the adapters in fp32."""
+    from trainer.models.flux import build_tiny_flux_components
+
+    components = build_tiny_flux_components()
+    cfg = compose(*SHORT, "train.mixed_precision=bf16", "train.frozen_precision=auto",
+                  "train.device=cpu", "train.max_train_steps=1")  # fmt: skip
+    train_from_config(cfg, components=components)
+
+    def dtypes(module, trainable):
+        return {p.dtype for p in module.parameters() if p.requires_grad is trainable}
+
+    for part in ("transformer", "text_encoder", "text_encoder_2"):
+        assert dtypes(getattr(components, part), False) == {torch.bfloat16}, part
+    assert dtypes(components.vae, False) == {torch.float32}
+    adapters = dtypes(components.transformer, True) | dtypes(components.text_encoder, True)
+    assert adapters == {torch.float32}
+    assert not dtypes(components.text_encoder_2, True)  # nothing trains T5
 
 
 def test_ia3_on_flux_is_refused_naming_the_allowed_types(compose):

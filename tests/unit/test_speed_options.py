@@ -56,6 +56,20 @@ def test_cast_frozen_casts_only_frozen_floating_parameters():
     assert cast_frozen([model], None) == 0
 
 
+def test_cast_frozen_keeps_what_transformers_keeps_in_fp32():
+    """T5's ``wo`` stays fp32 in fp16 (its fp16 outputs overflow), as from_pretrained keeps it;
+    bf16 takes it too."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1, vocab_size=10,
+                      feed_forward_proj="gated-gelu")  # fmt: skip
+    for dtype, wo in ((torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        t5 = T5EncoderModel(config).requires_grad_(False)
+        cast_frozen([t5], dtype)
+        dense = t5.encoder.block[0].layer[1].DenseReluDense
+        assert dense.wo.weight.dtype == wo and dense.wi_0.weight.dtype == dtype
+
+
 def test_prepare_unet_converts_convolutions_to_channels_last():
     conv = nn.Sequential(nn.Conv2d(4, 8, 3))
     options = speed_options({**DEFAULTS, "channels_last": True}, torch.device("cpu"), None)

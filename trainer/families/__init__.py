@@ -29,7 +29,10 @@ DEFAULT_FAMILY = "sd15"
 # What a family does not support yet, as config key -> allowed values (a key not listed: any).
 # Kept here, beside the registry, so that a config is checked before any model library loads.
 _LIMITS: dict[str, dict[str, tuple]] = {
+    # fp8 base weights (train.fp8_base) are implemented for Flux's transformer only.
+    "sd15": {"train.fp8_base": (False,)},
     "sdxl": {
+        "train.fp8_base": (False,),
         # SDXL trains LoRA / LoCon, DreamBooth (SGM checkpoints) and textual inversion.
         "train.mode": ("lora", "dreambooth", "textual_inversion"),
         # SDXL embeddings hold one tensor per encoder (clip_l, clip_g): .safetensors only.

@@ -237,11 +237,12 @@ def build_tiny_flux_components(seed: int = 0, flow: FlowSettings | None = None) 
     return _components(transformer, vae, te1, te2, TINY, flow or FlowSettings())
 
 
-def flux_configs() -> tuple[dict, dict, CLIPTextConfig, T5Config]:
-    """(transformer, VAE, CLIP-L, T5-XXL) configs of FLUX.1-dev."""
+def flux_configs(folder=None) -> tuple[dict, dict, CLIPTextConfig, T5Config]:
+    """(transformer, VAE, CLIP-L, T5-XXL) configs of FLUX.1-dev (bundled), or of the diffusers
+    Flux ``folder``."""
     from trainer.models.loading import BUNDLED_CONFIGS
 
-    folder = BUNDLED_CONFIGS / "flux"
+    folder = BUNDLED_CONFIGS / "flux" if folder is None else folder
     transformer = dict(FluxTransformer2DModel.load_config(str(folder), subfolder="transformer"))
     vae = dict(AutoencoderKL.load_config(str(folder), subfolder="vae"))
     te1 = CLIPTextConfig.from_pretrained(str(folder / "text_encoder"))

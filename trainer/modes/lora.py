@@ -29,7 +29,7 @@ from trainer.networks.metadata import kohya_metadata, modelspec_metadata
 from trainer.optim.optimizers import describe_optimizer
 from trainer.settings.flow import kohya_flow_metadata
 from trainer.settings.network import learning_rate_advice
-from trainer.speed import cast_frozen, prepare_unet
+from trainer.speed import cast_frozen, frozen_modules, prepare_unet, store_fp8
 from trainer.speed import describe as describe_speed
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ def train_lora(run: common.Run, callbacks: Iterable[TrainingCallback] = ()) -> T
     family = family_of(components)
     text_encoders = family.text_encoders(components)
     network = build_network(components.unet, text_encoders, spec.network, family)
-    cast_frozen([components.unet, *text_encoders.values()], run.speed.frozen_dtype)
+    cast_frozen(frozen_modules(components), run.speed.frozen_dtype)
+    # train.fp8_base (Flux only, checked before loading): after the cast, which would upcast.
+    store_fp8(family.denoiser(components), run.speed.fp8_compute_dtype)
     prepare_unet(components.unet, run.speed)
     log.info("speed: %s", describe_speed(run.speed))
     # One optimizer group per text encoder where the network has them by component (SDXL's
@@ -128,6 +130,7 @@ def _metadata_base(run: common.Run, data, optimizer, epochs: int, max_steps: int
         "batch_size_per_device": tc.batch_size,
         "gradient_accumulation_steps": tc.gradient_accumulation_steps,
         "mixed_precision": tc.mixed_precision,
+        "fp8_base": tc.fp8_base,  # kohya writes ss_fp8_base (train_network.py)
         "resolution": f"({w}, {h})",
         "enable_bucket": buckets.enabled,
         "min_bucket_reso": buckets.min_reso,

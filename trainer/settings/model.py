@@ -51,6 +51,11 @@ class ModelSettings:
     # Flux: a diffusers Flux folder or hub id supplying what a single-file transformer lacks
     # (VAE, CLIP-L, T5, tokenizers).
     components: str | None = None
+    # Flux: separate single files for CLIP-L, T5-XXL and BFL's autoencoder (kohya's --clip_l,
+    # --t5xxl, --ae); each replaces that part of whatever model.path / components give.
+    clip_l: str | None = None
+    t5xxl: str | None = None
+    ae: str | None = None
 
 
 def _or(node: Any, key: str) -> Any:
@@ -89,8 +94,10 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
             problems.append(
                 "model.components: None is not allowed when model.path is a single-file Flux "
                 "transformer; allowed: a diffusers Flux folder or hub id holding the VAE, "
-                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev)"
+                "CLIP-L, T5-XXL and tokenizers (e.g. black-forest-labs/FLUX.1-dev); with "
+                "model.clip_l, t5xxl and ae set, only its tokenizers and scheduler are read"
             )
+    problems += _part_file_problems(model_cfg, family)
     built_in_family = BUILT_IN_FAMILY.get(path)
     if built_in_family is not None and not problems and built_in_family != family:
         problems.append(
@@ -112,7 +119,42 @@ def read_model_settings(model_cfg: Any) -> ModelSettings:
         ),
         flow=flow,
         components=value(model_cfg, "components", None) or None,
+        **{key: value(model_cfg, key, None) or None for key in PART_FILE_KEYS},
     )
+
+
+# Flux's separate part files (trainer.models.flux_files): the key and what it holds.
+PART_FILE_KEYS = {
+    "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
+    "t5xxl": "T5-XXL encoder (t5xxl_fp16.safetensors)",
+    "ae": "BFL autoencoder (ae.safetensors)",
+}
+
+
+def _part_file_problems(model_cfg: Any, family: str) -> list[str]:
+    """``model.clip_l`` / ``t5xxl`` / ``ae``: null or a ``.safetensors`` path, Flux only, and
+    ``ae`` not together with ``vae``."""
+    problems = []
+    for key, what in PART_FILE_KEYS.items():
+        got = value(model_cfg, key, None)
+        if got in (None, ""):
+            continue
+        if family != "flux":
+            problems.append(
+                f"model.{key}: {got!r} is not allowed for model.family {family}; allowed: null "
+                "(a separate file for model.family flux only)"
+            )
+        elif not isinstance(got, str) or Path(got).suffix.lower() != ".safetensors":
+            problems.append(
+                f"model.{key}: {got!r} is not allowed; allowed: null or a .safetensors file "
+                f"holding the {what}"
+            )
+    if value(model_cfg, "ae", None) and value(model_cfg, "vae", None):
+        problems.append(
+            "model.ae and model.vae are both set; allowed: one of them (model.ae: BFL's "
+            "ae.safetensors, model.vae: a diffusers VAE folder or hub id)"
+        )
+    return problems
 
 
 def model_path_problem(path: str) -> str | None:
@@ -143,6 +185,10 @@ def model_problems(model_cfg: Any) -> list[str]:
     problem = model_path_problem(str(value(model_cfg, "path", None)))
     if problem:
         problems.append(problem)
+    for key in PART_FILE_KEYS:
+        got = value(model_cfg, key, None)
+        if isinstance(got, str) and got and not Path(got).expanduser().is_file():
+            problems.append(f"model.{key}: {got!r} does not exist (a .safetensors file)")
     try:
         read_model_settings(model_cfg)
     except ConfigError as err:

@@ -150,6 +150,10 @@ def _mode_settings(cfg: Any):
     return None
 
 
+# The network types whose adapters stay out of fp8 storage (train.fp8_base, trainer.speed).
+FP8_NETWORK_TYPES = ("lora",)
+
+
 def _family_limit_problems(cfg: Any) -> list[str]:
     """What the model family does not support (e.g. SDXL: no LyCORIS; Flux: LoRA only)."""
     mode = group_mode(cfg.train)
@@ -161,10 +165,19 @@ def _family_limit_problems(cfg: Any) -> list[str]:
         "train.noise_offset": value(cfg.train, "noise_offset", None),
         "train.min_snr_gamma": value(cfg.train, "min_snr_gamma", None),
         "model.prediction_type": value(cfg.model, "prediction_type", "epsilon"),
+        "train.fp8_base": value(cfg.train, "fp8_base", False),
     }
     if mode == "textual_inversion":
         values["train.embedding_format"] = value(cfg.train, "embedding_format", None)
-    return family_limit_problems(value(cfg.model, "family", DEFAULT_FAMILY), values)
+    problems = family_limit_problems(value(cfg.model, "family", DEFAULT_FAMILY), values)
+    if values["train.fp8_base"] is True and values["network.type"] not in FP8_NETWORK_TYPES:
+        problems.append(
+            f"train.fp8_base: true is not allowed with network.type {values['network.type']!r}; "
+            f"allowed: network.type {', '.join(FP8_NETWORK_TYPES)} (peft's adapters, which "
+            "diffusers' layerwise casting leaves in their training dtype; LyCORIS modules read "
+            "the base weights directly)"
+        )
+    return problems
 
 
 def parse_groups(cfg: Any, extra_checks: Iterable[Check] = ()) -> tuple[list[str], dict]:

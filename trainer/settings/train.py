@@ -58,6 +58,8 @@ class TrainSettings(BaseModel):
     fused_optimizer: bool | str
     compile: bool | str
     frozen_precision: str
+    # Flux: the transformer's frozen base weights stored in float8_e4m3fn (kohya's --fp8_base).
+    fp8_base: bool = False
     init_embedding: str | None
     caption_placeholder: str
 
@@ -122,5 +124,13 @@ def speed_problems(train_cfg: Any) -> list[str]:
         problems.append(
             f"train.frozen_precision: {v!r} is not allowed; allowed: "
             f"{', '.join(FROZEN_PRECISIONS)}"
+        )
+    v = value(train_cfg, "fp8_base", False)
+    if not isinstance(v, bool):
+        problems.append(f"train.fp8_base: {v!r} is not allowed; allowed: true, false")
+    elif v and value(train_cfg, "mixed_precision", "auto") == "no":
+        problems.append(
+            "train.fp8_base: true is not allowed with train.mixed_precision no; allowed: "
+            "mixed_precision bf16 / fp16 / auto (fp8 weights are computed in the autocast dtype)"
         )
     return problems
