@@ -52,3 +52,21 @@ def test_the_training_report_states_its_probe_accuracy():
     assert probe["colour_nn_accuracy"] >= 0.95 and probe["background_nn_accuracy"] >= 0.95
     assert probe["shape_nn_accuracy"] > 0.4  # chance: 0.25
     assert probe["subject_subject_cosine"] > probe["subject_star_cosine"] + 0.1
+
+
+def test_background_swapped_views_show_the_same_object_on_another_background():
+    from world.scene import BACKGROUNDS
+    from world.train_dino import render_pairs
+    from world.train_oracle import labelled_scenes
+
+    scenes = labelled_scenes(12, seed=3, subject_fraction=0.5)
+    same, moved = render_pairs(scenes, seed=7)
+    assert same.shape == moved.shape == (12, 64, 64, 3)
+    for scene, a, b in zip(scenes, same, moved, strict=True):
+        corner_a, corner_b = a[0, 0].astype(int), b[0, 0].astype(int)
+        assert np.abs(corner_a - np.array(BACKGROUNDS[scene.background])).max() <= 12
+        assert np.abs(corner_a - corner_b).max() > 30  # another background
+        # The object covers the same pixels: where each image departs from its background.
+        mask_a = np.abs(a.astype(int) - corner_a).max(-1) > 40
+        mask_b = np.abs(b.astype(int) - corner_b).max(-1) > 40
+        assert mask_a.sum() > 30 and (mask_a & mask_b).sum() / (mask_a | mask_b).sum() > 0.6
