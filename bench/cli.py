@@ -122,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validity.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
     validity.add_argument(
+        "--workers", type=int, default=1, help="sweeper processes sharing the grid's study"
+    )
+    validity.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the grid's runs (trial folders, eval metrics) here; default: a temporary "
+        "folder, deleted at the end",
+    )
+    validity.add_argument(
         "--skip-base", action="store_true", help="leave out the base-model check"
     )
     return parser
@@ -303,6 +313,7 @@ def _validity(args, command: str):
         opts = dataclasses.replace(opts, epochs=args.epochs)
     if args.smoke:
         opts = ValidityOptions.smoke(tuple(args.override))
+    opts = dataclasses.replace(opts, workers=args.workers)
     base = None
     if not args.skip_base:
         from world.oracle import judge_images, load_oracle
@@ -313,6 +324,10 @@ def _validity(args, command: str):
         base = base_model_check(
             generate, lambda images, truth: judge_images(oracle, images, truth), opts.base_images
         )
-    with tempfile.TemporaryDirectory(prefix="lorasweep-validity-") as tmp:
-        runs, seconds, _ = run_grid(opts, Path(tmp))
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        runs, seconds, _ = run_grid(opts, args.work_dir.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="lorasweep-validity-") as tmp:
+            runs, seconds, _ = run_grid(opts, Path(tmp))
     return validity_bench(opts, command, base, runs, seconds, default_point(opts))
