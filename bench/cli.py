@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "folder, deleted at the end",
     )
     validity.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the grid already swept into --work-dir instead of training it again (same "
+        "options; CPU training is deterministic)",
+    )
+    validity.add_argument(
         "--skip-base", action="store_true", help="leave out the base-model check"
     )
     return parser
@@ -301,6 +307,7 @@ def _validity(args, command: str):
         ValidityOptions,
         base_model_check,
         default_point,
+        read_grid,
         run_grid,
         validity_bench,
         world_generator,
@@ -324,7 +331,11 @@ def _validity(args, command: str):
         base = base_model_check(
             generate, lambda images, truth: judge_images(oracle, images, truth), opts.base_images
         )
-    if args.work_dir is not None:
+    if args.reuse and args.work_dir is None:
+        raise SystemExit("bench validity: --reuse reads the grid in --work-dir; give --work-dir")
+    if args.reuse:
+        runs, seconds, _ = read_grid(args.work_dir.resolve())
+    elif args.work_dir is not None:
         args.work_dir.mkdir(parents=True, exist_ok=True)
         runs, seconds, _ = run_grid(opts, args.work_dir.resolve())
     else:

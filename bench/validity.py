@@ -21,7 +21,10 @@ known, see ``world/``), this benchmark
 
 The oracle's quality of one (run, epoch) at a strength is ``eval/oracle_success``: the share of
 subject-prompt images that show the subject *and* every attribute the prompt asked for (where a
-scorer reports no success rate, ``oracle_subject x oracle_adherence``).
+scorer reports no success rate, ``oracle_subject x oracle_adherence``). The oracle judges 24
+images per point, so two epochs whose qualities differ by less than one binomial standard error
+are ties to it; the kept epoch is counted right both against the oracle's single best and
+against any of its ties.
 """
 
 from __future__ import annotations
@@ -60,9 +63,16 @@ TARGETS = {
     "default recipe adherence": ">= 70%",
     "spearman objective vs oracle": ">= 0.7",
     "kept epoch within 1 of oracle's": ">= 80%",
+    "kept epoch within 1 of oracle's (its ties)": ">= 80%",
     "strength diagnosis agrees": ">= 80%",
 }
 COLUMNS = ["measure", "value", "target", "met"]
+
+
+def subject_prompt_count() -> int:
+    """Prompts of ``conf/eval/world.yaml`` that name the subject (``{trigger}``)."""
+    prompts = yaml.safe_load((CONF_DIR / "eval" / "world.yaml").read_text())["prompts"]
+    return sum("{trigger}" in p for p in prompts)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,12 @@ class ValidityOptions:
     # Sweeper processes sharing the grid's study (the scale-out path: one storage, one lock);
     # on a CPU, two single-thread workers train these small runs faster than one with two.
     workers: int = 1
+
+    @property
+    def subject_images(self) -> int:
+        """Images the oracle judges per (run, epoch, strength) point: the world's subject
+        prompts (conf/eval/world.yaml) times images_per_prompt."""
+        return subject_prompt_count() * self.images_per_prompt
 
     @property
     def grid_size(self) -> int:
@@ -179,12 +195,29 @@ class Agreement:
     epoch_within_one: float
     strength_agrees: float
     runs: int
+    epoch_within_one_of_ties: float = float("nan")
 
 
-def agreement(runs: Sequence[RunRecord], strengths: Sequence[float]) -> Agreement:
+def oracle_tied_epochs(record: RunRecord, images: int) -> list[int]:
+    """The epochs the oracle cannot tell from its best: quality within one binomial standard
+    error (``images`` judged per point) of the best. A broken run, at 0 everywhere, ties all."""
+    quality = {e: oracle_quality(m) for e, m in record.epochs.items()}
+    best = max(quality.values())
+    error = math.sqrt(max(best * (1.0 - best), 1.0 / images) / images)
+    return sorted(e for e, q in quality.items() if q >= best - error)
+
+
+def agreement(
+    runs: Sequence[RunRecord], strengths: Sequence[float], images: int | None = None
+) -> Agreement:
+    """``images``: how many images the oracle judged per point (for its ties)."""
     points = [(r.objective(e), oracle_quality(r.epochs[e])) for r in runs for e in r.epochs]
     scored = [r for r in runs if r.epochs]
     within = [abs(r.objective_epoch() - r.oracle_epoch()) <= 1 for r in scored]
+    within_ties = [
+        any(abs(r.objective_epoch() - e) <= 1 for e in oracle_tied_epochs(r, images))
+        for r in scored
+    ] if images else []  # fmt: skip
     agrees = []
     for r in scored:
         metrics = r.epochs[r.objective_epoch()]
@@ -198,6 +231,7 @@ def agreement(runs: Sequence[RunRecord], strengths: Sequence[float]) -> Agreemen
         sum(within) / len(within) if within else float("nan"),
         sum(agrees) / len(agrees) if agrees else float("nan"),
         len(scored),
+        sum(within_ties) / len(within_ties) if within_ties else float("nan"),
     )
 
 
@@ -406,9 +440,20 @@ def run_grid(opts: ValidityOptions, work: Path) -> tuple[list[RunRecord], float,
     for code, log in zip(codes, logs, strict=True):
         if code != 0:
             raise RuntimeError(f"grid sweep failed ({code}):\n{log.read_text()[-4000:]}")
-    # Each worker writes the study's summary when it ends; the last one to end saw every trial.
-    summary = yaml.safe_load((sweep_dir / "optuna_results.yaml").read_text())
+    (work / GRID_SECONDS).write_text(f"{seconds:.1f}\n")
+    return read_grid(work)
+
+
+GRID_SECONDS = "grid_seconds.txt"
+
+
+def read_grid(work: Path) -> tuple[list[RunRecord], float, dict]:
+    """The runs of a grid swept into ``work`` (by :func:`run_grid`), its wall time and summary.
+    Each worker writes the study's summary when it ends; the last one to end saw every trial."""
+    summary = yaml.safe_load((work / "grid" / "optuna_results.yaml").read_text())
     trials = [t for t in summary["trials"] if t.get("state") == "COMPLETE"]
+    timing = work / GRID_SECONDS
+    seconds = float(timing.read_text()) if timing.is_file() else float("nan")
     return [read_trial(t) for t in trials], seconds, summary
 
 
@@ -468,9 +513,10 @@ def validity_bench(
         kept = default.epochs[default.objective_epoch()]
         row("default recipe subject present", kept.get(SUBJECT))
         row("default recipe adherence", kept.get(ADHERENCE))
-    agree = agreement(list(by_key.values()), opts.strengths)
+    agree = agreement(list(by_key.values()), opts.strengths, opts.subject_images)
     row("spearman objective vs oracle", agree.spearman, as_pct=False)
     row("kept epoch within 1 of oracle's", agree.epoch_within_one)
+    row("kept epoch within 1 of oracle's (its ties)", agree.epoch_within_one_of_ties)
     row("strength diagnosis agrees", agree.strength_agrees)
 
     block.settings = [

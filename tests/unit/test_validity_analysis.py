@@ -16,6 +16,7 @@ from bench.validity import (
     oracle_best_strength,
     oracle_quality,
     oracle_state,
+    oracle_tied_epochs,
     read_trial,
     replay,
     search_defaults,
@@ -80,6 +81,22 @@ def test_agreement_notices_an_objective_that_disagrees_with_the_oracle():
     assert result.spearman < 0
     assert result.epoch_within_one == 0.0  # kept 1 vs oracle 4; kept 4 vs oracle 1
     assert result.strength_agrees == 0.5
+
+
+def test_epochs_the_oracle_cannot_tell_apart_count_as_its_best():
+    # Qualities (subject x adherence 1.0): 0.50, 0.76, 0.83, 0.79 on 24 images: the standard
+    # error at 0.83 is 0.077, so 0.79 (epoch 4) and 0.76 (epoch 2) tie with epoch 3; 0.50 not.
+    run = _run(1e-3, 4, [(0.9, 0.50, 1.0), (0.1, 0.76, 1.0), (0.2, 0.83, 1.0), (0.3, 0.79, 1.0),
+                         (0.4, 0.30, 1.0), (0.5, 0.30, 1.0)])  # fmt: skip
+    assert oracle_tied_epochs(run, 24) == [2, 3, 4]
+    assert oracle_tied_epochs(run, 10_000) == [3]
+    # The objective keeps epoch 1: within one of the tie at 2 (not of the single best, 3).
+    result = agreement([run], STRENGTHS, images=24)
+    assert result.epoch_within_one == 0.0 and result.epoch_within_one_of_ties == 1.0
+    # A run the oracle finds nothing in (0 everywhere): every epoch ties.
+    broken = _run(1e-2, 4, [(0.1 * e, 0.0, 0.3) for e in range(1, 7)])
+    assert oracle_tied_epochs(broken, 24) == [1, 2, 3, 4, 5, 6]
+    assert agreement([broken], STRENGTHS).epoch_within_one_of_ties != 1.0  # nan: no images
 
 
 def _grid() -> list[RunRecord]:
