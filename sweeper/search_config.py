@@ -42,10 +42,12 @@ SEARCH_KEYS = (
     "heartbeat",
     "devices",
     "device_lock_dir",
+    "first_trial",
     "category_ranges",
     "category_families",
     "params",
 )
+FIRST_TRIALS = ("sampled", "recipe")
 RANGE_FIELDS = ("key", "type", "log", "step", "skip_if_adaptive")
 # A grid larger than this is a typo (a step of 1 over a huge range), not a plan: 10,000 trials
 # of even a one-minute training run take a week of GPU time.
@@ -77,6 +79,8 @@ class SearchSettings:
     # One trial per device (sweeper.devices): the ids, as CUDA_VISIBLE_DEVICES takes them.
     devices: tuple[str, ...] = ()
     device_lock_dir: str | None = None
+    # recipe: a new study's first trial is the config's own values of the searched keys.
+    first_trial: str = "sampled"
 
     @property
     def multi_objective(self) -> bool:
@@ -134,6 +138,12 @@ def read_settings(search: Any) -> SearchSettings:
     heartbeat = _mapping(s.get("heartbeat"))
     _check_heartbeat(heartbeat, problems)
     devices = _check_devices(s.get("devices"), problems)
+    first_trial = s.get("first_trial", "sampled")
+    if first_trial not in FIRST_TRIALS:
+        problems.append(
+            f"search.first_trial: {first_trial!r} is not allowed; allowed: "
+            f"{', '.join(FIRST_TRIALS)}"
+        )
     lock_dir = s.get("device_lock_dir")
     if lock_dir is not None and (not isinstance(lock_dir, str) or not lock_dir):
         problems.append(f"search.device_lock_dir: a folder path or null, got {lock_dir!r}")
@@ -158,6 +168,7 @@ def read_settings(search: Any) -> SearchSettings:
         max_retry=heartbeat.get("max_retry"),
         devices=devices,
         device_lock_dir=lock_dir,
+        first_trial=first_trial,
     )
 
 

@@ -260,6 +260,37 @@ class SearchSpace:
             values[param.key] = sampled
         return values
 
+    def recipe(
+        self, value_of: Callable[[str], Any], is_adaptive: Callable[[dict[str, Any]], bool]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The config's own values of the searched keys as Optuna parameters (what
+        ``study.enqueue_trial`` takes), or ``{}`` and why not: a value that is unset, or
+        outside its range. ``value_of(key)`` reads the config (a group's chosen option)."""
+        params: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        reasons: list[str] = []
+        for param in self.params:
+            if param.skip_if_adaptive and is_adaptive(values):
+                continue
+            value = value_of(param.key)
+            if param.type == "fraction_of" and value is not None:
+                total = values[param.of] if param.of in values else value_of(param.of)
+                value = value / total if value and total else None
+            if value is None:
+                reasons.append(f"{param.key} is not set in the config")
+                continue
+            dist = param.distribution()
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except (TypeError, ValueError):
+                inside = False
+            if not inside:
+                reasons.append(f"{param.key}={format_value(value)} is outside {param.where}")
+                continue
+            params[param.optuna_name] = value
+            values[param.key] = value
+        return ({} if reasons else params), reasons
+
     @staticmethod
     def to_overrides(values: Mapping[str, Any]) -> list[str]:
         return [f"{key}={format_value(value)}" for key, value in values.items()]

@@ -191,6 +191,8 @@ class SweepRunner:
         with lock():
             self.tracker = start_sweep_run(self.config, study, fixed)
         close_dead_runs(self.tracker, study)
+        if settings.first_trial == "recipe":
+            self._enqueue_recipe(study, settings, space, adaptive, lock)
         # The sweep's log file (the lines so far included), once the sweep is known to start:
         # a sweep refused by its checks leaves no folder behind.
         set_sweep_log(results_path.parent / SWEEP_LOG)
@@ -226,6 +228,28 @@ class SweepRunner:
             )
             finish_sweep_run(self.tracker, summary, results_path, status=status)
         return summary
+
+    def _enqueue_recipe(self, study, settings, space, adaptive, lock: AskLock) -> None:
+        """``search.first_trial: recipe``: a new study's first trial runs the config's own
+        values of the searched keys (the experiment's recipe: a baseline the sampler's trials
+        are measured against). Once per study, whatever the number of workers."""
+        if settings.sampler == "grid":
+            log.info("search.first_trial=recipe: the grid sampler walks its own points")
+            return
+        choices = self.config.hydra.runtime.choices
+
+        def value_of(key: str) -> Any:
+            return choices.get(key) if key in choices else OmegaConf.select(self.config, key)
+
+        params, reasons = space.recipe(value_of, adaptive)
+        if not params:
+            log.warning("search.first_trial=recipe: not enqueued: %s", "; ".join(reasons))
+            return
+        with lock():
+            if study.get_trials(deepcopy=False):
+                return  # a resumed study, or another worker enqueued it
+            study.enqueue_trial(params, user_attrs={"recipe": True})
+        log.info("first trial: the config's recipe %s", params)
 
     def _loop(self, study, storage, settings, lock: AskLock, plan: tuple) -> None:
         n_jobs = self._n_jobs(settings)

@@ -220,6 +220,7 @@ def test_study_settings_are_checked(compose):
         "search.n_trials=0",
         "search.directions=[maximize,maximize]",
         "search.heartbeat.interval=-1",
+        "search.first_trial=best",
     )
     with pytest.raises(ConfigError) as err:
         read_settings(cfg.search)
@@ -229,6 +230,7 @@ def test_study_settings_are_checked(compose):
         "search.n_trials",
         "search.metrics",
         "search.heartbeat.interval",
+        "search.first_trial: 'best' is not allowed; allowed: sampled, recipe",
     ):
         assert named in text
     pareto = compose("search=pareto")

@@ -149,3 +149,64 @@ def test_a_full_disk_in_the_sweeper_keeps_the_results_file_and_the_study(
     storage = f"sqlite:///{tmp_path / 'runs' / 'lorasweep_optuna.db'}"
     study = optuna.load_study(study_name="s", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+SEARCHED = ("network.dim", "network.alpha", "optimizer.unet_lr", "optimizer.lr")
+
+
+def _searched(job: list[str]) -> dict[str, str]:
+    """The searched keys' values in one job's overrides (a key given on the command line is
+    pinned there, not searched: the recipe is what the config files set)."""
+    pairs = [o.split("=", 1) for o in job if "=" in o]
+    return {k: v for k, v in pairs if k in SEARCHED}
+
+
+def test_first_trial_recipe_runs_the_configs_own_values_once(runner_for):
+    # Prodigy sets its own step size, so the LR is not searched: dim and alpha are.
+    launcher = FakeLauncher(lambda overrides: outcome(0.5))
+    runner, args = runner_for(
+        launcher, "search.n_trials=3", "search.first_trial=recipe", "optimizer=prodigy"
+    )
+    runner.run(args)
+    jobs = [job for batch in launcher.batches for job in batch]
+    # network.alpha is searched as a fraction of the rank: 1 / 8 -> alpha 1 again.
+    assert _searched(jobs[0]) == {"network.dim": "8", "network.alpha": "1"}
+    assert len(jobs) == 3 and _searched(jobs[1]) != _searched(jobs[0])
+    # Resumed with one more trial: the recipe is not enqueued a second time.
+    again = FakeLauncher(lambda overrides: outcome(0.5))
+    runner, args = runner_for(
+        again, "search.n_trials=4", "search.first_trial=recipe", "optimizer=prodigy"
+    )
+    runner.run(args)
+    assert len(again.batches) == 1 and _searched(again.batches[0][0]) != _searched(jobs[0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ((), "optimizer.unet_lr is not set in the config"),
+        (
+            ("optimizer=prodigy", "search.params.network.dim.high=6"),
+            "network.dim=8 is outside search.params.network.dim",
+        ),
+    ],
+)
+def test_a_recipe_outside_the_space_is_not_enqueued_and_says_why(
+    runner_for, caplog, overrides, reason
+):
+    launcher = FakeLauncher(lambda overrides: outcome(0.5))
+    runner, args = runner_for(
+        launcher, "search.n_trials=1", "search.first_trial=recipe", *overrides
+    )
+    with caplog.at_level("WARNING"):
+        runner.run(args)
+    assert "search.first_trial=recipe: not enqueued" in caplog.text and reason in caplog.text
+    assert len(launcher.batches) == 1
+
+
+def test_the_world_experiment_starts_with_its_recipe(runner_for):
+    launcher = FakeLauncher(lambda overrides: outcome(0.5))
+    runner, args = runner_for(launcher, "+experiment=world", "search.n_trials=2")
+    runner.run(args)
+    assert _searched(launcher.batches[0][0]) == {"network.dim": "16", "optimizer.lr": "0.002"}
+    assert _searched(launcher.batches[1][0]) != _searched(launcher.batches[0][0])
