@@ -106,3 +106,15 @@ def test_the_list_of_grid_only_metrics_matches_what_a_diagnosis_writes():
 
     d = diagnose(_grid(0.5, 1.0), [0.5, 1.0], [0.5, 1.0], [0.5, 1.0, 2.0])
     assert set(d.metrics()) == set(DIAGNOSIS_METRICS)
+
+
+def test_a_peak_smaller_than_anything_noticeable_reads_as_well_trained():
+    """0.650 at 0.75 against 0.644 at 1.0 (the world demo's best trial) is a tie: a fifth of
+    the smallest objective change users notice is 0.01."""
+    strengths = (0.5, 0.75, 1.0, 1.25, 1.5)
+    curve = {0.5: 0.586, 0.75: 0.650, 1.0: 0.644, 1.25: 0.601, 1.5: 0.593}
+    tied = diagnose({(s, s): v for s, v in curve.items()}, strengths)
+    assert (tied.best_strength, tied.state) == (1.0, "well-trained")
+    curve[0.75] = 0.656  # 0.012 above 1.0: a real peak
+    peak = diagnose({(s, s): v for s, v in curve.items()}, strengths)
+    assert (peak.best_strength, peak.state) == (0.75, "over-trained")
