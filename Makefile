@@ -62,7 +62,7 @@ lock: setup ## Re-resolve every version into requirements.lock (the only way ver
 DEMO_STUDY := demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_SWEEP := +experiment=world search.n_trials=4 \
 	search.pruner.median.n_startup_trials=2 \
-	hydra/launcher=joblib hydra.launcher.n_jobs=2 \
+	hydra/launcher=joblib hydra.launcher.n_jobs=2 train.progress_bar=false \
 	search.study_name=$(DEMO_STUDY)
 
 demo: setup ## A small tracked Optuna sweep in the offline world (4 trials, pruning) and its report
