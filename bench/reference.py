@@ -63,8 +63,15 @@ def prepare_reference(components, device: torch.device, settings: ReferenceSetti
     unet.to(device, dtype=weight_dtype)
     for text_encoder in text_encoders:
         text_encoder.to(device, dtype=weight_dtype)
+    trainable = add_lora_adapter(unet, settings)
+    return unet, text_encoders, trainable, weight_dtype
+
+
+def add_lora_adapter(model, settings) -> list:
+    """peft's LoRA on ``settings.targets`` of ``model`` as diffusers' examples add it (alpha =
+    rank, Gaussian init, seeded); returns its parameters, kept in fp32 (master weights)."""
     torch.manual_seed(settings.seed)
-    unet.add_adapter(
+    model.add_adapter(
         LoraConfig(
             r=settings.rank,
             lora_alpha=settings.rank,
@@ -72,10 +79,10 @@ def prepare_reference(components, device: torch.device, settings: ReferenceSetti
             target_modules=list(settings.targets),
         )
     )
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    for param in trainable:  # fp32 master weights for the adapters
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for param in trainable:
         param.data = param.data.float()
-    return unet, text_encoders, trainable, weight_dtype
+    return trainable
 
 
 def _conditioning(text_encoders, ids, latents: torch.Tensor) -> tuple[torch.Tensor, dict | None]:

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxPipeline
 from diffusers.optimization import get_scheduler
-from peft import LoraConfig
 
-from bench.reference import ReferenceSettings
+from bench.reference import ReferenceSettings, add_lora_adapter
 
 # The example's default --lora_layers (peft matches them as suffixes: the single-stream
 # blocks' attn.to_q / to_k / to_v too).
@@ -64,18 +63,7 @@ def prepare_flux_reference(components, device: torch.device, settings: Reference
         module.to(device, dtype=weight_dtype)
     if settings.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    torch.manual_seed(settings.seed)
-    transformer.add_adapter(
-        LoraConfig(
-            r=settings.rank,
-            lora_alpha=settings.rank,
-            init_lora_weights="gaussian",
-            target_modules=list(settings.targets),
-        )
-    )
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
-    for param in trainable:  # fp32 master weights for the adapters
-        param.data = param.data.float()
+    trainable = add_lora_adapter(transformer, settings)
     return transformer, trainable, weight_dtype
 
 
