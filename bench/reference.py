@@ -24,7 +24,7 @@ every batch with the VAE), as ours are, so the comparison is of the training loo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +65,17 @@ def prepare_reference(components, device: torch.device, settings: ReferenceSetti
         text_encoder.to(device, dtype=weight_dtype)
     trainable = add_lora_adapter(unet, settings)
     return unet, text_encoders, trainable, weight_dtype
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Index batches over shuffled epochs of ``n`` items, as a shuffling DataLoader draws them
+    (a batch may span two epochs)."""
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            order += torch.randperm(n, generator=generator).tolist()
+        yield order[:batch_size]
+        order = order[batch_size:]
 
 
 def add_lora_adapter(model, settings) -> list:
@@ -124,11 +135,9 @@ def reference_training(
     generator = torch.Generator().manual_seed(settings.seed)
     unet.train()
     train_loss = 0.0
-    order: list[int] = []
+    batches = shuffled_batches(latents.shape[0], settings.batch_size, generator)
     for step in range(1, settings.steps + 1):
-        while len(order) < settings.batch_size:  # shuffled epochs, as a DataLoader would
-            order += torch.randperm(latents.shape[0], generator=generator).tolist()
-        picked, order = order[: settings.batch_size], order[settings.batch_size :]
+        picked = next(batches)
         batch_latents = latents[picked].to(device).to(weight_dtype)
         batch_ids = [ids[picked].to(device) for ids in id_sets]
         noise = torch.randn_like(batch_latents)

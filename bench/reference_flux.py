@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import FluxPipeline
 from diffusers.optimization import get_scheduler
 
-from bench.reference import ReferenceSettings, add_lora_adapter
+from bench.reference import ReferenceSettings, add_lora_adapter, shuffled_batches
 
 # The example's default --lora_layers (peft matches them as suffixes: the single-stream
 # blocks' attn.to_q / to_k / to_v too).
@@ -101,11 +101,9 @@ def flux_reference_training(
     schedule_sigmas = scheduler.sigmas.to(device)
     transformer.train()
     train_loss = 0.0
-    order: list[int] = []
+    batches = shuffled_batches(latents.shape[0], settings.batch_size, generator)
     for step in range(1, settings.steps + 1):
-        while len(order) < settings.batch_size:  # shuffled epochs, as a DataLoader would
-            order += torch.randperm(latents.shape[0], generator=generator).tolist()
-        picked, order = order[: settings.batch_size], order[settings.batch_size :]
+        picked = next(batches)
         x = latents[picked].to(device).to(weight_dtype)
         b, c, h, w = x.shape
         states, pooled, text_ids = _encode(

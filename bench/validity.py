@@ -45,7 +45,7 @@ import yaml
 from bench.report import Block, device_description
 from bench.runs import CONF_DIR, PROJECT_DIR
 
-# Around the world recipe's 4e-3 (conf/experiment/world.yaml), from under-trained to broken.
+# Around the world recipe's 2e-3 (conf/experiment/world.yaml), from under-trained to broken.
 LRS = (5.0e-4, 1.0e-3, 2.0e-3, 4.0e-3, 8.0e-3, 1.6e-2)
 # The LR the grid moves: the recipe's UNet and text-encoder LRs are null, so both follow it.
 LR_KEY = "optimizer.lr"

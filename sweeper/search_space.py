@@ -279,11 +279,10 @@ class SearchSpace:
             if value is None:
                 reasons.append(f"{param.key} is not set in the config")
                 continue
-            dist = param.distribution()
-            try:
-                inside = dist._contains(dist.to_internal_repr(value))
-            except (TypeError, ValueError):
-                inside = False
+            if param.choices is not None:
+                inside = value in param.choices
+            else:
+                inside = isinstance(value, int | float) and param.low <= value <= param.high
             if not inside:
                 reasons.append(f"{param.key}={format_value(value)} is outside {param.where}")
                 continue
