@@ -111,7 +111,9 @@ def test_validity_smoke_scores_a_world_grid_against_the_oracle(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "validity", "--smoke", "--results", str(results)],
+        # Two sweeper processes share the grid's study (the --workers path the full grid uses).
+        [sys.executable, "-m", "bench", "validity", "--smoke", "--workers", "2",
+         "--results", str(results)],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,6 +130,7 @@ def test_validity_smoke_scores_a_world_grid_against_the_oracle(tmp_path):
         assert re.match(r"^\d+\.\d%$", rows[name]["value"]), rows[name]
         assert rows[name]["met"] in ("yes", "NO")
     text = results.read_text()
+    assert "2 runs, 2 epochs each" in text and "2 worker(s)" in text
     assert "P2 replay: default sampler tpe" in text
     assert re.search(r"seed 0: \d+ complete / \d+ pruned, \d+ epochs", text)
 

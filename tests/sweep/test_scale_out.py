@@ -31,7 +31,7 @@ def _four_workers(shared, tmp_path, storage: str | None) -> tuple[list, list[str
     # Every worker pauses between counting and asking (tests/sweep/delayed_count.py) and asks
     # for two trials at a time: without the storage lock around the two steps, workers that
     # count at once each see room for two and ask, and the study gets 6 to 8 trials for 4.
-    env["DELAYED_COUNT_SECONDS"] = "2"
+    env["DELAYED_COUNT_SECONDS"] = "1"
     # ... and they all start asking together (under load, the first worker up could otherwise
     # take every trial before the others have imported torch: one worker, no race tested).
     env["DELAYED_COUNT_BARRIER"] = str(tmp_path / "barrier")
