@@ -163,6 +163,22 @@ def oracle_state(best_strength: float) -> int:
     return -1 if best_strength < 1.0 else (1 if best_strength > 1.0 else 0)
 
 
+def objective_state(metrics: dict[str, float], strengths: Sequence[float]) -> int | None:
+    """The project's diagnosis of one epoch, read again from its recorded objective at each
+    strength by today's ``evaluators.objective.diagnose`` (a grid read back with ``--reuse``
+    is judged by the current rule, not the one it was recorded with); ``None`` when the
+    epoch was not scored at two strengths."""
+    from evaluators.objective import NOT_MEASURED, TRAINING_STATES, diagnose
+
+    by_pair = {
+        (float(s), float(s)): metrics[OBJECTIVE + _suffix(s)]
+        for s in strengths
+        if OBJECTIVE + _suffix(s) in metrics
+    }
+    state = diagnose(by_pair, [float(s) for s in strengths]).state
+    return None if state == NOT_MEASURED else int(TRAINING_STATES[state])
+
+
 def read_trial(trial: dict) -> RunRecord:
     """A trial of ``optuna_results.yaml`` and its folder's ``eval/epoch-*/metrics*.json``."""
     record = RunRecord({k: float(v) for k, v in (trial.get("params") or {}).items()})
@@ -221,10 +237,11 @@ def agreement(
     agrees = []
     for r in scored:
         metrics = r.epochs[r.objective_epoch()]
-        if "eval/training_state" not in metrics:
+        state = objective_state(metrics, strengths)
+        if state is None:
             continue
         truth = oracle_state(oracle_best_strength(metrics, strengths))
-        agrees.append(int(metrics["eval/training_state"]) == truth)
+        agrees.append(state == truth)
     return Agreement(
         spearman([p[0] for p in points], [p[1] for p in points]),
         len(points),

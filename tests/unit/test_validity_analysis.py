@@ -13,6 +13,7 @@ from bench.validity import (
     RunRecord,
     _met,
     agreement,
+    objective_state,
     oracle_best_strength,
     oracle_quality,
     oracle_state,
@@ -21,13 +22,22 @@ from bench.validity import (
     replay,
     search_defaults,
 )
+from evaluators.objective import TIE_TOLERANCE
 
 STRENGTHS = (0.5, 1.0, 1.5)
 
 
+def _set_state(metrics: dict, state: int) -> None:
+    """The objective at strengths 0.5 and 1.5 that the diagnosis reads as ``state`` (-1
+    over-trained: best at 0.5; 1 under-trained: best at 1.5; 0: best at 1.0)."""
+    objective = metrics[OBJECTIVE]
+    metrics[f"{OBJECTIVE}@unet0.5_te0.5"] = objective + (0.1 if state == -1 else -0.1)
+    metrics[f"{OBJECTIVE}@unet1.5_te1.5"] = objective + (0.1 if state == 1 else -0.1)
+
+
 def _metrics(objective: float, subject: float, adherence: float, state: int = 0, **at) -> dict:
-    out = {OBJECTIVE: objective, SUBJECT: subject, ADHERENCE: adherence,
-           "eval/training_state": float(state)}  # fmt: skip
+    out = {OBJECTIVE: objective, SUBJECT: subject, ADHERENCE: adherence}
+    _set_state(out, state)
     for strength, (s, a) in at.items():
         label = {"low": 0.5, "high": 1.5}[strength]
         out[f"{SUBJECT}@unet{label!r}_te{label!r}"] = s
@@ -65,8 +75,24 @@ def test_agreement_is_perfect_when_the_objective_orders_points_as_the_oracle_doe
     assert result.points == 6 and result.runs == 2
     assert result.spearman == pytest.approx(1.0)
     assert result.epoch_within_one == 1.0
-    # The objective's kept epochs (3 and 1) have training_state 0 and the oracle prefers 1.0.
+    # The objective's kept epochs (3 and 1) peak at strength 1.0 and so does the oracle.
     assert result.strength_agrees == 1.0
+
+
+def test_the_diagnosis_is_read_again_with_todays_tie_rule():
+    """A grid read back (``--reuse``) is judged by the current diagnosis, not the state it
+    recorded: a peak at 0.5 by less than the tie tolerance is no reading of over-training."""
+    run = _run(1e-3, 4, [(0.3, 0.9, 0.9)])
+    metrics = run.epochs[1]
+    metrics["eval/training_state"] = -1.0  # what a run under the old rule recorded
+    metrics[f"{OBJECTIVE}@unet0.5_te0.5"] = 0.3 + TIE_TOLERANCE / 2
+    assert objective_state(metrics, STRENGTHS) == 0
+    assert agreement([run], STRENGTHS).strength_agrees == 1.0  # the oracle: 1.0 too
+    metrics[f"{OBJECTIVE}@unet0.5_te0.5"] = 0.3 + 2 * TIE_TOLERANCE
+    assert objective_state(metrics, STRENGTHS) == -1
+    assert agreement([run], STRENGTHS).strength_agrees == 0.0
+    # Scored at 1.0 alone: no reading, left out.
+    assert objective_state({OBJECTIVE: 0.3}, STRENGTHS) is None
 
 
 def test_agreement_notices_an_objective_that_disagrees_with_the_oracle():
@@ -74,9 +100,9 @@ def test_agreement_notices_an_objective_that_disagrees_with_the_oracle():
         _run(1e-4, 4, [(0.3, 0.2, 0.9), (0.2, 0.5, 0.9), (0.1, 0.9, 0.8), (0.0, 0.95, 0.9)]),
         _run(1e-3, 4, [(0.05, 0.8, 0.6), (0.15, 0.9, 0.3), (0.25, 1.0, 0.1), (0.3, 1.0, 0.05)]),
     ]
-    runs[0].epochs[1]["eval/training_state"] = -1.0  # says over-trained; the oracle says 1.0
+    _set_state(runs[0].epochs[1], -1)  # says over-trained; the oracle says 1.0
     # Kept epoch 4 of the second run: the oracle prefers 1.5 (0.1 > 0.09 > 0.05): under-trained.
-    runs[1].epochs[4]["eval/training_state"] = 1.0
+    _set_state(runs[1].epochs[4], 1)
     result = agreement(runs, STRENGTHS)
     assert result.spearman < 0
     assert result.epoch_within_one == 0.0  # kept 1 vs oracle 4; kept 4 vs oracle 1
