@@ -118,8 +118,17 @@ def run_workers(args: list[str], env: dict, logs, n: int = 2, module: str = "swe
 
 
 def run_two_workers(args: list[str], env: dict, logs) -> list[str]:
-    """The same command started twice at once; returns each worker's output."""
-    return run_workers(args, env, logs, 2)
+    """The same command started twice at once; returns each worker's output. Both wait for
+    the other before they first ask for a trial (tests/sweep/delayed_count.py, no pause between
+    counting and asking): on a loaded machine the first one up could otherwise run every trial
+    before the second has imported torch, and "the workers shared the study" would not hold."""
+    env = {
+        **env,
+        "DELAYED_COUNT_SECONDS": "0",
+        "DELAYED_COUNT_BARRIER": str(logs / "barrier"),
+        "DELAYED_COUNT_WORKERS": "2",
+    }
+    return run_workers(args, env, logs, 2, module="delayed_count")
 
 
 def assert_shared_without_duplicates(

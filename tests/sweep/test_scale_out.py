@@ -36,8 +36,14 @@ def _four_workers(shared, tmp_path, storage: str | None) -> tuple[list, list[str
     # take every trial before the others have imported torch: one worker, no race tested).
     env["DELAYED_COUNT_BARRIER"] = str(tmp_path / "barrier")
     env["DELAYED_COUNT_WORKERS"] = "4"
+    # Four processes on two cores: a heartbeat may come late; a trial failed as stale would be
+    # retried under another number (nothing here kills a worker, so no grace period is tested).
+    overrides = [
+        "search.heartbeat.grace_period=20" if o.startswith("search.heartbeat.grace_period=") else o
+        for o in tiny_overrides(data_dir, tmp_path / "sweep", epochs=1)
+    ]
     args = [
-        *tiny_overrides(data_dir, tmp_path / "sweep", epochs=1),
+        *overrides,
         "search.sampler.name=random",
         "search.pruner.name=none",
         "search.n_trials=4",
