@@ -75,7 +75,8 @@ class EvaluationCallback(TrainingCallback):
         self.every_n_epochs: int | str = self.harness.settings.every_n_epochs
         self.evaluations: dict[int, EpochEvaluation] = {}
         self.files: dict[int, dict[str, Path]] = {}
-        self._grids = EpochStrengthGrids(list(self.harness.settings.strengths))
+        settings = self.harness.settings
+        self._grids = EpochStrengthGrids(list(settings.strengths), settings.images_per_prompt)
 
     @property
     def results(self) -> dict[int, dict[str, float]]:
@@ -185,7 +186,9 @@ class EvaluationCallback(TrainingCallback):
         if s.save_grids:
             unet, te = list(s.unet_strengths), list(s.te_strengths)
             if not self._missing_pairs(evaluation):  # not for an epoch scored at 1.0 only
-                files.update(write_unet_te_grids(evaluation, self.output_dir, unet, te))
+                files.update(
+                    write_unet_te_grids(evaluation, self.output_dir, unet, te, s.images_per_prompt)
+                )
             self._grids.add(evaluation)
             files.update(self._grids.save(self.output_dir))
         return files

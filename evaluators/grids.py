@@ -1,7 +1,7 @@
 """Labelled image grids, the XY plots users make by hand (epoch x strength, UNet x TE).
 
-A cell holds the images of one (epoch, strength) or (UNet, TE) setting side by side: every
-prompt and image index in the same order, so columns compare like with like.
+A cell holds the images of one (epoch, strength) or (UNet, TE) setting: a row per prompt, the
+same seeds in the same order in every cell, so cells compare like with like.
 """
 
 from __future__ import annotations
@@ -40,6 +40,43 @@ def strip(images: Sequence[Image.Image], max_side: int = 256) -> Image.Image:
         out.paste(t, (x, 0))
         x += t.width + _PAD
     return out
+
+
+# A grid cell shows at most this many images of each prompt (the scores read them all): with
+# every image side by side, eight images of four prompts at five strengths made rows of 160.
+GRID_IMAGES_PER_PROMPT = 4
+
+
+def prompt_rows(
+    images: Sequence[Image.Image],
+    per_prompt: int | None,
+    shown: int = GRID_IMAGES_PER_PROMPT,
+    max_side: int = 256,
+) -> Image.Image:
+    """One cell: a row per prompt holding its first ``shown`` images (``images`` prompt-major,
+    ``per_prompt`` each). Without ``per_prompt`` (or when the count does not divide), one strip."""
+    if not per_prompt or per_prompt < 1 or not images or len(images) % per_prompt:
+        return strip(images, max_side)
+    rows = [
+        strip(images[start : start + min(per_prompt, shown)], max_side)
+        for start in range(0, len(images), per_prompt)
+    ]
+    height = sum(r.height for r in rows) + _PAD * (len(rows) - 1)
+    out = Image.new("RGB", (max(r.width for r in rows), height), _BACKGROUND)
+    y = 0
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height + _PAD
+    return out
+
+
+def shown_note(per_prompt: int | None, shown: int = GRID_IMAGES_PER_PROMPT) -> str:
+    """What a cell of :func:`prompt_rows` holds, for a grid's title."""
+    if not per_prompt:
+        return ""
+    if per_prompt > shown:
+        return f" - a row per prompt, its first {shown} of {per_prompt} images"
+    return " - a row per prompt"
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str) -> int:

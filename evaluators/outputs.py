@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from evaluators.grids import labelled_grid, save_png, strip
+from evaluators.grids import labelled_grid, prompt_rows, save_png, shown_note
 from evaluators.results import EpochEvaluation
 from trainer.atomic_write import write_text
 
@@ -65,29 +65,40 @@ def write_metrics(evaluation: EpochEvaluation, out_dir: Path) -> Path:
 
 
 def unet_te_grid(
-    evaluation: EpochEvaluation, checkpoint: str, unet: list[float], te: list[float]
+    evaluation: EpochEvaluation,
+    checkpoint: str,
+    unet: list[float],
+    te: list[float],
+    per_prompt: int | None = None,
 ) -> Image.Image:
+    """``per_prompt``: images per prompt (each cell a row per prompt; else one strip)."""
+    images = evaluation.images
     cells = {
-        (f"unet {u!r}", f"te {t!r}"): strip(evaluation.images[(checkpoint, u, t)])
+        (f"unet {u!r}", f"te {t!r}"): prompt_rows(images[(checkpoint, u, t)], per_prompt)
         for u in unet
         for t in te
-        if evaluation.images.get((checkpoint, u, t))
+        if images.get((checkpoint, u, t))
     }
     title = f"epoch {evaluation.epoch} - {checkpoint} - UNet x TE strength"
+    title += shown_note(per_prompt)
     if evaluation.random_weights:
         title += " (random-weight scorers)"
     return labelled_grid(cells, [f"unet {u!r}" for u in unet], [f"te {t!r}" for t in te], title)
 
 
 def write_unet_te_grids(
-    evaluation: EpochEvaluation, out_dir: Path, unet: list[float], te: list[float]
+    evaluation: EpochEvaluation,
+    out_dir: Path,
+    unet: list[float],
+    te: list[float],
+    per_prompt: int | None = None,
 ) -> dict[str, Path]:
     """One UNet x TE grid per checkpoint (nothing when the grid is empty)."""
     if not unet or not te or not any(evaluation.images.values()):
         return {}
     files = {}
     for checkpoint in evaluation.checkpoints:
-        grid = unet_te_grid(evaluation, checkpoint, unet, te)
+        grid = unet_te_grid(evaluation, checkpoint, unet, te, per_prompt)
         name = _name(f"unet_x_te-{_safe(checkpoint)}", ".png", evaluation.random_weights)
         files[f"grid_unet_x_te/{checkpoint}"] = save_png(
             grid, epoch_dir(out_dir, evaluation.epoch) / name
@@ -98,8 +109,9 @@ def write_unet_te_grids(
 class EpochStrengthGrids:
     """The epoch x strength grid per checkpoint, growing as epochs are evaluated."""
 
-    def __init__(self, strengths: list[float]):
+    def __init__(self, strengths: list[float], per_prompt: int | None = None):
         self.strengths = sorted({*strengths, 1.0})
+        self.per_prompt = per_prompt  # images per prompt: each cell a row per prompt
         self.rows: dict[str, dict[int, dict[float, Image.Image]]] = {}
         self.random_weights = False
 
@@ -108,7 +120,7 @@ class EpochStrengthGrids:
         for (checkpoint, u, t), images in evaluation.images.items():
             if u == t and u in self.strengths and images:
                 row = self.rows.setdefault(checkpoint, {}).setdefault(evaluation.epoch, {})
-                row[u] = strip(images)
+                row[u] = prompt_rows(images, self.per_prompt)
 
     def save(self, out_dir: Path) -> dict[str, Path]:
         files = {}
@@ -121,7 +133,7 @@ class EpochStrengthGrids:
                 for i, s in enumerate(self.strengths)
                 if s in rows[e]
             }
-            title = f"{checkpoint} - epoch x strength (UNet = TE)"
+            title = f"{checkpoint} - epoch x strength (UNet = TE)" + shown_note(self.per_prompt)
             grid = labelled_grid(cells, [f"epoch {e}" for e in epochs], columns, title)
             name = _name(f"epoch_x_strength-{_safe(checkpoint)}", ".png", self.random_weights)
             files[f"grid_epoch_x_strength/{checkpoint}"] = save_png(grid, out_dir / name)
