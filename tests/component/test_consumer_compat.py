@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from load_messages import load_messages
 
 from evaluators.lora_swap import slot_for
 from trainer.models.tiny import build_tiny_components
@@ -42,33 +41,6 @@ CONFIGS = {
 TOLERANCE = 1e-4
 # Any logged sign that keys of the file were left out (diffusers' DoRA note says "filter out").
 DROPPED = re.compile(r"unexpected|missing|ignored|did not match|not found|filter|drop", re.I)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextmanager
-def _load_messages():
-    handler = _Records()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "peft")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield handler.messages
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.messages += [
-            f"warning: {w.message}" for w in caught if not issubclass(w.category, FutureWarning)
-        ]
 
 
 def _inputs(c):
@@ -132,7 +104,7 @@ def _diffusers_reading(path: Path, ours, base) -> tuple[str, list[str], float | 
     c = build_tiny_components(seed=0)
     pipe = c.to_pipeline()
     state_dict, _ = read_lora(path)
-    with _load_messages() as messages:
+    with load_messages() as messages:
         try:
             pipe.load_lora_weights(dict(state_dict), adapter_name="consumer")
         except Exception as error:  # noqa: BLE001 - any refusal is the measurement

@@ -12,13 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import logging
-import warnings
-from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.nn.functional as F
+from load_messages import load_messages
 from peft.tuners.lora import LoraLayer
 
 from evaluators.lora_swap import slot_for
@@ -33,33 +31,6 @@ NETWORK = dict(type="lora", dim=4, alpha=2, conv_dim=None, conv_alpha=None, drop
                train_unet=True, train_text_encoder=True)  # fmt: skip
 PROMPT = ["a photo of a cat"]
 TOLERANCE = 1e-5
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextmanager
-def _load_messages():
-    handler = _Records()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "peft")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield handler.messages
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.messages += [
-            f"warning: {w.message}" for w in caught if not issubclass(w.category, FutureWarning)
-        ]
 
 
 def _outputs(c) -> list[torch.Tensor]:
@@ -175,7 +146,7 @@ def test_diffusers_flux_reads_every_key_and_computes_our_outputs(config, unet_mo
     fresh = _model(config)
     base = _outputs(fresh)
     pipe = fresh.to_pipeline()
-    with _load_messages() as messages:
+    with load_messages() as messages:
         pipe.load_lora_weights(dict(state_dict), adapter_name="consumer")
     assert messages == []
     # Zero dropped keys: diffusers splits each fused module into the layers we trained.

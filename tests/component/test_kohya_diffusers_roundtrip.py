@@ -3,13 +3,11 @@ no key dropped, and give the same UNet and text-encoder outputs as our adapted m
 
 from __future__ import annotations
 
-import logging
 import re
-import warnings
-from contextlib import contextmanager
 
 import pytest
 import torch
+from load_messages import load_messages
 from peft.tuners.lora import LoraLayer
 
 from trainer.models.tiny import build_tiny_components
@@ -25,32 +23,6 @@ CONFIGS = {
 }
 # What diffusers, transformers and peft say when a LoRA key finds no module (or vice versa).
 DROPPED = re.compile(r"unexpected|missing|ignored|did not match|not found|UNEXPECTED", re.I)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextmanager
-def _load_messages():
-    """Warnings logged or raised while loading (diffusers' logger does not propagate)."""
-    handler = _Records()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "peft")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield handler.messages
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.messages += [f"warning: {w.message}" for w in caught]
 
 
 def _inputs(c):
@@ -87,7 +59,7 @@ def _peft_modules(model):
 
 def _load_in_diffusers(path):
     pipe = build_tiny_components(seed=0).to_pipeline()
-    with _load_messages() as messages:
+    with load_messages(future_warnings=True) as messages:
         pipe.load_lora_weights(str(path))
     return pipe, messages
 

@@ -5,14 +5,12 @@ keep kohya's SDXL names and bake a file into an SGM checkpoint."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from load_messages import load_messages
 from peft.tuners.lora import LoraLayer
 
 from evaluators.lora_swap import slot_for
@@ -34,33 +32,6 @@ TOLERANCE = 1e-5
 
 
 # --- LoRA files in diffusers -----------------------------------------------------------------
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextmanager
-def _load_messages():
-    handler = _Records()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "peft")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield handler.messages
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.messages += [
-            f"warning: {w.message}" for w in caught if not issubclass(w.category, FutureWarning)
-        ]
 
 
 def _outputs(c) -> list[torch.Tensor]:
@@ -118,7 +89,7 @@ def test_diffusers_sdxl_reads_every_key_and_computes_our_outputs(net_type, tmp_p
     fresh = build_tiny_sdxl_components(seed=0)
     base = _outputs(fresh)
     pipe = fresh.to_pipeline()
-    with _load_messages() as messages:
+    with load_messages() as messages:
         pipe.load_lora_weights(dict(state_dict), adapter_name="consumer")
     assert messages == []
     # Zero dropped keys: every module of the file became one peft layer in its component.
@@ -216,7 +187,7 @@ def test_resize_and_lora_merge_keep_sdxl_names_and_diffusers_reads_the_results(t
         assert {k.split(".")[0] for k in produced} == {k.split(".")[0] for k in state_dict}
         fresh = build_tiny_sdxl_components(seed=0)
         pipe = fresh.to_pipeline()
-        with _load_messages() as messages:
+        with load_messages() as messages:
             pipe.load_lora_weights(dict(produced), adapter_name="tool")
         assert messages == []
         assert _max_diff(_outputs(fresh), ours) <= 1e-4
