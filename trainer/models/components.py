@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
+
+
+def seeded_modules(
+    seed: int, *builders: Callable[[], torch.nn.Module], device: torch.device | None = None
+) -> list[torch.nn.Module]:
+    """The modules ``builders`` make, each built right after ``torch.manual_seed(seed + i)``
+    (``i`` its position): the same seed always gives the same weights, whatever was built
+    before. Inside ``device`` when given (``meta``: shapes only). The caller's random state
+    is restored afterwards."""
+    state = torch.random.get_rng_state()
+    try:
+        with device if device is not None else contextlib.nullcontext():
+            modules = []
+            for offset, build in enumerate(builders):
+                torch.manual_seed(seed + offset)
+                modules.append(build())
+            return modules
+    finally:
+        torch.random.set_rng_state(state)
 
 
 class VaeGeometry:

@@ -30,7 +30,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
-from trainer.models.components import VaeGeometry
+from trainer.models.components import VaeGeometry, seeded_modules
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from trainer.settings.flow import FlowSettings
 
@@ -222,18 +222,13 @@ def _components(transformer, vae, te1, te2, source: str, flow: FlowSettings) -> 
 
 def build_tiny_flux_components(seed: int = 0, flow: FlowSettings | None = None) -> FluxComponents:
     """The tiny Flux-shaped pipeline; the same ``seed`` always gives the same weights."""
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
-        torch.manual_seed(seed + 2)
-        te1 = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_CONFIG))
-        torch.manual_seed(seed + 3)
-        te2 = T5EncoderModel(T5Config(vocab_size=T5_VOCAB_SIZE, **TINY_T5_CONFIG))
-    finally:
-        torch.random.set_rng_state(state)
+    transformer, vae, te1, te2 = seeded_modules(
+        seed,
+        lambda: FluxTransformer2DModel(**TINY_TRANSFORMER_CONFIG),
+        lambda: AutoencoderKL(**TINY_VAE_CONFIG),
+        lambda: CLIPTextModel(CLIPTextConfig(**TINY_CLIP_CONFIG)),
+        lambda: T5EncoderModel(T5Config(vocab_size=T5_VOCAB_SIZE, **TINY_T5_CONFIG)),
+    )
     return _components(transformer, vae, te1, te2, TINY, flow or FlowSettings())
 
 
@@ -256,18 +251,12 @@ def build_flux_shape_components(
     """FLUX.1-dev-shaped modules (11.9B transformer, 4.8B T5) with random weights; a ``meta``
     device gives shapes only. Its T5 tokenizer is the offline one."""
     transformer_config, vae_config, te1_config, te2_config = flux_configs()
-    device = torch.device(device)
-    state = torch.random.get_rng_state()
-    try:
-        with device:
-            torch.manual_seed(seed)
-            transformer = FluxTransformer2DModel.from_config(transformer_config)
-            torch.manual_seed(seed + 1)
-            vae = AutoencoderKL.from_config(vae_config)
-            torch.manual_seed(seed + 2)
-            te1 = CLIPTextModel(te1_config)
-            torch.manual_seed(seed + 3)
-            te2 = T5EncoderModel(te2_config)
-    finally:
-        torch.random.set_rng_state(state)
+    transformer, vae, te1, te2 = seeded_modules(
+        seed,
+        lambda: FluxTransformer2DModel.from_config(transformer_config),
+        lambda: AutoencoderKL.from_config(vae_config),
+        lambda: CLIPTextModel(te1_config),
+        lambda: T5EncoderModel(te2_config),
+        device=torch.device(device),
+    )
     return _components(transformer, vae, te1, te2, SHAPE, flow or FlowSettings())

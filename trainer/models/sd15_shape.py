@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from trainer.models import loading
-from trainer.models.components import SDComponents
+from trainer.models.components import SDComponents, seeded_modules
 from trainer.models.tokenizer import build_clip_tokenizer
 
 NAME = "sd15_shape"
@@ -39,18 +39,13 @@ def build_sd15_shape_components(
 ) -> SDComponents:
     """SD 1.5-shaped modules with random weights (same ``seed`` and device: same weights)."""
     unet_config, vae_config, text_config, scheduler_config = sd15_configs()
-    device = torch.device(device)
-    state = torch.random.get_rng_state()
-    try:
-        with device:
-            torch.manual_seed(seed)
-            unet = UNet2DConditionModel.from_config(unet_config)
-            torch.manual_seed(seed + 1)
-            vae = AutoencoderKL.from_config(vae_config)
-            torch.manual_seed(seed + 2)
-            text_encoder = CLIPTextModel(text_config)
-    finally:
-        torch.random.set_rng_state(state)
+    unet, vae, text_encoder = seeded_modules(
+        seed,
+        lambda: UNet2DConditionModel.from_config(unet_config),
+        lambda: AutoencoderKL.from_config(vae_config),
+        lambda: CLIPTextModel(text_config),
+        device=torch.device(device),
+    )
     for module in (unet, vae, text_encoder):
         module.eval()
     return SDComponents(

@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from trainer.models.components import VaeGeometry
+from trainer.models.components import VaeGeometry, seeded_modules
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
 FAMILY = "sdxl"
@@ -183,18 +183,13 @@ def _components(unet, vae, te1, te2, scheduler_config, prediction_type, source) 
 
 def build_tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDXLComponents:
     """The tiny SDXL-shaped pipeline; the same ``seed`` always gives the same weights."""
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
-        torch.manual_seed(seed + 2)
-        te1 = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
-        torch.manual_seed(seed + 3)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_2_CONFIG))
-    finally:
-        torch.random.set_rng_state(state)
+    unet, vae, te1, te2 = seeded_modules(
+        seed,
+        lambda: UNet2DConditionModel(**TINY_UNET_CONFIG),
+        lambda: AutoencoderKL(**TINY_VAE_CONFIG),
+        lambda: CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG)),
+        lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_2_CONFIG)),
+    )
     return _components(unet, vae, te1, te2, SCHEDULER_CONFIG, prediction_type, TINY)
 
 
@@ -217,18 +212,12 @@ def build_sdxl_shape_components(
     """SDXL 1.0 base-shaped modules (2.6B UNet, 0.8B text encoders) with random weights; a
     ``meta`` device gives shapes only."""
     unet_config, vae_config, te1_config, te2_config, scheduler_config = sdxl_configs()
-    device = torch.device(device)
-    state = torch.random.get_rng_state()
-    try:
-        with device:
-            torch.manual_seed(seed)
-            unet = UNet2DConditionModel.from_config(unet_config)
-            torch.manual_seed(seed + 1)
-            vae = AutoencoderKL.from_config(vae_config)
-            torch.manual_seed(seed + 2)
-            te1 = CLIPTextModel(te1_config)
-            torch.manual_seed(seed + 3)
-            te2 = CLIPTextModelWithProjection(te2_config)
-    finally:
-        torch.random.set_rng_state(state)
+    unet, vae, te1, te2 = seeded_modules(
+        seed,
+        lambda: UNet2DConditionModel.from_config(unet_config),
+        lambda: AutoencoderKL.from_config(vae_config),
+        lambda: CLIPTextModel(te1_config),
+        lambda: CLIPTextModelWithProjection(te2_config),
+        device=torch.device(device),
+    )
     return _components(unet, vae, te1, te2, scheduler_config, prediction_type, SHAPE)

@@ -8,11 +8,10 @@ from the configs below: no file and no network is needed.
 
 from __future__ import annotations
 
-import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trainer.models.components import SDComponents
+from trainer.models.components import SDComponents, seeded_modules
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
 TEXT_HIDDEN = 32
@@ -74,16 +73,12 @@ NATIVE_RESOLUTION = 64
 
 def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon") -> SDComponents:
     """Build the tiny pipeline; the same ``seed`` always gives the same weights."""
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**VAE_CONFIG)
-        torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    finally:
-        torch.random.set_rng_state(generator_state)
+    unet, vae, text_encoder = seeded_modules(
+        seed,
+        lambda: UNet2DConditionModel(**UNET_CONFIG),
+        lambda: AutoencoderKL(**VAE_CONFIG),
+        lambda: CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)),
+    )
     scheduler = DDPMScheduler.from_config({**SCHEDULER_CONFIG, "prediction_type": prediction_type})
     for module in (unet, vae, text_encoder):
         module.eval()
