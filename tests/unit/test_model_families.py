@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from trainer.errors import ConfigError
@@ -136,3 +137,18 @@ def test_a_built_in_model_of_another_family_is_named_with_the_fix(path, family, 
         f"{family!r}; use model={path} (model.family: {built_in})"
     ]
     assert read_model_settings({"path": path, "family": built_in}).family == built_in
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_component_the_family_lacks_is_named_with_the_allowed_ones(name):
+    family = get_family(name)
+    allowed = ", ".join(family.kohya_prefixes)
+    for call in (
+        lambda: family.kohya_module_name("text_encoder_3", "a.b"),
+        lambda: family.lora_targets("text_encoder_3", torch.nn.Linear(2, 2), False),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert f"component must be one of {allowed} for the {name} family" in message
+        assert "'text_encoder_3'" in message

@@ -209,15 +209,22 @@ class ModelFamily(ABC):
         """Paths of the layers of ``component`` that kohya's LoRA adapts, each with its kind
         (``linear``, ``conv1x1``, ``conv3x3``); ``with_conv``: C3Lier (LoCon) conv layers too."""
 
-    def kohya_module_name(self, component: str, module_path: str) -> str:
-        """kohya's name of the module at ``module_path`` inside ``component``."""
+    def kohya_prefix(self, component: str) -> str:
+        """kohya's key prefix of ``component`` (``lora_unet``, ``lora_te1``, ...)."""
         prefix = self.kohya_prefixes.get(component)
         if prefix is None:
-            raise ValueError(
-                f"component must be one of {', '.join(self.kohya_prefixes)} for the "
-                f"{self.name} family, got {component!r}"
-            )
-        return f"{prefix}_{module_path.replace('.', '_')}"
+            raise self.unknown_component(component)
+        return prefix
+
+    def unknown_component(self, component: str) -> ValueError:
+        return ValueError(
+            f"component must be one of {', '.join(self.kohya_prefixes)} for the "
+            f"{self.name} family, got {component!r}"
+        )
+
+    def kohya_module_name(self, component: str, module_path: str) -> str:
+        """kohya's name of the module at ``module_path`` inside ``component``."""
+        return f"{self.kohya_prefix(component)}_{module_path.replace('.', '_')}"
 
     def lycoris_module_name(self, component: str, module_path: str) -> str:
         """The name of a LyCORIS module on ``module_path`` in this family's LyCORIS files:

@@ -270,16 +270,10 @@ class FluxFamily(ModelFamily):
             return dict(sorted(targets.items()))
         if component == "text_encoder":
             return lora.find_text_encoder_targets(module)
-        raise ValueError(
-            f"component must be one of {', '.join(self.kohya_prefixes)}, got {component!r}"
-        )
+        raise self.unknown_component(component)
 
     def kohya_module_name(self, component: str, module_path: str) -> str:
-        prefix = self.kohya_prefixes.get(component)
-        if prefix is None:
-            raise ValueError(
-                f"component must be one of {', '.join(self.kohya_prefixes)}, got {component!r}"
-            )
+        prefix = self.kohya_prefix(component)
         if component == "unet":
             try:
                 bfl, part = bfl_module(module_path)

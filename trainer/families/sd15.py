@@ -100,10 +100,11 @@ class SD15Family(ModelFamily):
             return lora.find_unet_targets(module, with_conv)
         if component == "text_encoder":
             return lora.find_text_encoder_targets(module)
-        raise ValueError(f"component must be 'unet' or 'text_encoder', got {component!r}")
+        raise self.unknown_component(component)
 
     def kohya_module_name(self, component: str, module_path: str) -> str:
         # The text encoder's paths keep transformers 4's ``text_model.`` root (kohya_format).
+        self.kohya_prefix(component)  # a component SD 1.x lacks: named with the allowed ones
         return kf.kohya_module_name(component, module_path)
 
     def lycoris_preset(self, preset: str) -> dict:

@@ -238,18 +238,12 @@ class SDXLFamily(ModelFamily):
             return lora.find_unet_targets(module, with_conv)
         if component in ("text_encoder", "text_encoder_2"):
             return lora.find_text_encoder_targets(module)
-        raise ValueError(
-            f"component must be one of {', '.join(self.kohya_prefixes)}, got {component!r}"
-        )
+        raise self.unknown_component(component)
 
     def kohya_module_name(self, component: str, module_path: str) -> str:
         from trainer.models.ldm_format import unet_module_to_ldm
 
-        prefix = self.kohya_prefixes.get(component)
-        if prefix is None:
-            raise ValueError(
-                f"component must be one of {', '.join(self.kohya_prefixes)}, got {component!r}"
-            )
+        prefix = self.kohya_prefix(component)
         if component == "unet":
             module_path = unet_module_to_ldm(_base_unet_config(), module_path)
         elif not module_path.startswith("text_model."):
