@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -108,19 +109,20 @@ def _write_tiny_config_folder(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def _materialised_tiny_configs(cache_dir: Path) -> Path:
-    """The tiny model's configs as a diffusers folder under ``cache_dir`` (written once).
+def materialised_configs(cache_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """The diffusers config folder ``write`` makes, as ``cache_dir/model_configs/<name>``
+    (written once: a random-weight model's configs, for a single file of its architecture).
 
     Written to a temporary folder and renamed into place, so that concurrent trials never read
     a half-written folder.
     """
-    target = cache_dir / "model_configs" / "tiny"
+    target = cache_dir / "model_configs" / name
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
-        _write_tiny_config_folder(scratch / "configs")
+        write(scratch / "configs")
         os.replace(scratch / "configs", target)
     except OSError:
         if not (target / "model_index.json").is_file():  # not a lost race: a real failure
@@ -135,7 +137,7 @@ def resolve_single_file_config(value: str, cache_dir: Path) -> Path:
     if value == "sd15":
         return BUNDLED_CONFIGS / "sd15"
     if value == "tiny":
-        return _materialised_tiny_configs(cache_dir)
+        return materialised_configs(cache_dir, "tiny", _write_tiny_config_folder)
     folder = Path(value).expanduser()
     needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json")
     if not all((folder / name).is_file() for name in needed):

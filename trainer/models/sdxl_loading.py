@@ -11,9 +11,6 @@ fp16-fix VAE) and is read as for SD 1.x.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -71,30 +68,12 @@ def write_tiny_config_folder(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def _materialised_tiny_configs(cache_dir: Path) -> Path:
-    """Written once under ``cache_dir``, through a temporary folder renamed into place."""
-    target = cache_dir / "model_configs" / xl.TINY
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny_sdxl-"))
-    try:
-        write_tiny_config_folder(scratch / "configs")
-        os.replace(scratch / "configs", target)
-    except OSError:
-        if not (target / "model_index.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
 def resolve_single_file_config(value: str, cache_dir: Path) -> Path:
     """The diffusers config folder that describes an SDXL single file's architecture."""
     if value == "sdxl":
         return loading.BUNDLED_CONFIGS / "sdxl"
     if value == xl.TINY:
-        return _materialised_tiny_configs(cache_dir)
+        return loading.materialised_configs(cache_dir, xl.TINY, write_tiny_config_folder)
     folder = Path(value).expanduser()
     if not all((folder / name).is_file() for name in _NEEDED):
         raise ConfigError(
