@@ -16,6 +16,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from flux_outputs import PROMPT, flux_outputs, max_diff
 from load_messages import load_messages
 from peft.tuners.lora import LoraLayer
 
@@ -29,24 +30,7 @@ from trainer.networks.kohya_format import read_lora, save_lora
 
 NETWORK = dict(type="lora", dim=4, alpha=2, conv_dim=None, conv_alpha=None, dropout=0.0,
                train_unet=True, train_text_encoder=True)  # fmt: skip
-PROMPT = ["a photo of a cat"]
 TOLERANCE = 1e-5
-
-
-def _outputs(c) -> list[torch.Tensor]:
-    """CLIP's pooled output, T5's states and the transformer's prediction on fixed inputs."""
-    family = family_of(c)
-    g = torch.Generator().manual_seed(11)
-    latents, sigmas = torch.randn(2, 16, 8, 8, generator=g), torch.tensor([0.2, 0.9])
-    with torch.no_grad():
-        cond = family.encode_prompts(c, PROMPT * 2, max_token_length=75, clip_skip=1)
-        cond = family.condition_batch(c, cond, {})
-        pred = family.predict(c.transformer, latents, sigmas, cond)
-    return [cond.extra["pooled_projections"], cond.hidden_states, pred]
-
-
-def _max_diff(a, b) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 def _save(folder, net):
@@ -140,11 +124,11 @@ def test_the_file_has_kohya_flux_names_with_bfl_fused_shapes(tmp_path):
 @pytest.mark.parametrize(("config", "unet_modules"), [(DOUBLE_ONLY, 14), (WIDE_SINGLE, 6)])
 def test_diffusers_flux_reads_every_key_and_computes_our_outputs(config, unet_modules, tmp_path):
     c, net = _trained(config)
-    ours = _outputs(c)
+    ours = flux_outputs(c)
     path = _save(tmp_path, net)
     state_dict, _ = read_lora(path)
     fresh = _model(config)
-    base = _outputs(fresh)
+    base = flux_outputs(fresh)
     pipe = fresh.to_pipeline()
     with load_messages() as messages:
         pipe.load_lora_weights(dict(state_dict), adapter_name="consumer")
@@ -154,9 +138,9 @@ def test_diffusers_flux_reads_every_key_and_computes_our_outputs(config, unet_mo
     assert wrapped == sum(m.component == "unet" for m in net.modules) == unet_modules
     wrapped_te = sum(isinstance(m, LoraLayer) for m in fresh.text_encoder.modules())
     assert wrapped_te == sum(m.component == "text_encoder" for m in net.modules)
-    got = _outputs(fresh)
-    assert _max_diff(got, base) > 1e-3  # the file changed the model
-    assert _max_diff(got, ours) <= TOLERANCE
+    got = flux_outputs(fresh)
+    assert max_diff(got, base) > 1e-3  # the file changed the model
+    assert max_diff(got, ours) <= TOLERANCE
 
 
 def test_our_network_reads_its_own_file_back(tmp_path):
@@ -166,7 +150,7 @@ def test_our_network_reads_its_own_file_back(tmp_path):
     family = family_of(fresh)
     other = build_network(fresh.transformer, family.text_encoders(fresh), NETWORK, family)
     other.load_kohya_state_dict(read_lora(path)[0], source=str(path))
-    assert _max_diff(_outputs(fresh), _outputs(c)) <= TOLERANCE
+    assert max_diff(flux_outputs(fresh), flux_outputs(c)) <= TOLERANCE
 
 
 def test_a_fused_module_that_is_not_block_diagonal_is_refused_naming_it():
@@ -184,19 +168,19 @@ def test_a_fused_module_that_is_not_block_diagonal_is_refused_naming_it():
 def test_evaluation_slot_hot_swaps_a_flux_lora_at_strengths(tmp_path):
     """tiny_flux itself (single block included): the slot hands diffusers its own format."""
     c, net = _trained()
-    ours = _outputs(c)
+    ours = flux_outputs(c)
     path = _save(tmp_path, net)
     base_model = _model()
-    base = _outputs(base_model)
+    base = flux_outputs(base_model)
     slot = slot_for(base_model)
     slot.load(path)
     assert set(slot.parts) == {"unet", "text_encoder"}
-    assert _max_diff(_outputs(base_model), ours) <= TOLERANCE
+    assert max_diff(flux_outputs(base_model), ours) <= TOLERANCE
     slot.set_strength(1.0, 0.0)  # the transformer's part only
-    pooled, t5, pred = _outputs(base_model)
+    pooled, t5, pred = flux_outputs(base_model)
     assert torch.equal(pooled, base[0]) and torch.equal(t5, base[1])
     assert float((pred - base[2]).abs().max()) > 1e-3
     slot.set_strength(0.0, 0.0)
-    assert _max_diff(_outputs(base_model), base) <= TOLERANCE
+    assert max_diff(flux_outputs(base_model), base) <= TOLERANCE
     slot.unload()
-    assert _max_diff(_outputs(base_model), base) <= TOLERANCE
+    assert max_diff(flux_outputs(base_model), base) <= TOLERANCE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from flux_outputs import PROMPT, flux_outputs, max_diff
 
 from evaluators.lora_swap import slot_for
 from trainer.errors import ConfigError, ModelLoadError
@@ -20,7 +21,6 @@ from trainer.networks.factory import build_network
 from trainer.networks.kohya_format import read_lora, save_lora
 from trainer.networks.lycoris_load import load_lycoris_state_dict
 
-PROMPT = ["a photo of a cat"]
 TOLERANCE = 1e-5
 # dim 2 < half of w2's side: LoKr factors w2 (lokr_w2_a @ lokr_w2_b), so alpha / dim counts.
 NETWORKS = {
@@ -47,22 +47,6 @@ def _comfy_flux_names(double: int, single: int) -> set[str]:
     names = {f"transformer_blocks.{i}.{p}" for i in range(double) for p in COMFY_DOUBLE}
     names |= {f"single_transformer_blocks.{i}.{p}" for i in range(single) for p in COMFY_SINGLE}
     return {"lycoris_" + n.replace(".", "_") for n in names}
-
-
-def _outputs(c) -> list[torch.Tensor]:
-    """CLIP's pooled output, T5's states and the transformer's prediction on fixed inputs."""
-    family = family_of(c)
-    g = torch.Generator().manual_seed(11)
-    latents, sigmas = torch.randn(2, 16, 8, 8, generator=g), torch.tensor([0.2, 0.9])
-    with torch.no_grad():
-        cond = family.encode_prompts(c, PROMPT * 2, max_token_length=75, clip_skip=1)
-        cond = family.condition_batch(c, cond, {})
-        pred = family.predict(c.transformer, latents, sigmas, cond)
-    return [cond.extra["pooled_projections"], cond.hidden_states, pred]
-
-
-def _max_diff(a, b) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 def _network(c, net_type: str):
@@ -122,42 +106,42 @@ def test_a_flux_lokr_file_has_the_names_comfyuis_flux_key_map_reads(tmp_path):
 @pytest.mark.parametrize("net_type", list(NETWORKS))
 def test_our_loader_reads_a_flux_lycoris_file_and_computes_what_training_did(net_type, tmp_path):
     c, net = _trained(net_type)
-    ours = _outputs(c)
+    ours = flux_outputs(c)
     path = _saved(tmp_path, net)
     state_dict, _ = read_lora(path)
     fresh = build_tiny_flux_components(seed=0)
-    base = _outputs(fresh)
+    base = flux_outputs(fresh)
     family = family_of(fresh)
     loaded = load_lycoris_state_dict(
         state_dict, fresh.transformer, family.text_encoders(fresh), source=str(path),
         expected_type=net_type, family=family,
     )  # fmt: skip
     assert len(loaded.unet_loras) == 20 and len(loaded.text_encoder_loras) == 12
-    got = _outputs(fresh)
-    assert _max_diff(got, base) > 1e-3  # the file changed the model
-    assert _max_diff(got, ours) <= TOLERANCE
+    got = flux_outputs(fresh)
+    assert max_diff(got, base) > 1e-3  # the file changed the model
+    assert max_diff(got, ours) <= TOLERANCE
     # The training network reads its own file back too (a resumed run).
     again = build_tiny_flux_components(seed=0)
     _network(again, net_type).load_kohya_state_dict(state_dict, source=str(path))
-    assert _max_diff(_outputs(again), ours) <= TOLERANCE
+    assert max_diff(flux_outputs(again), ours) <= TOLERANCE
 
 
 def test_the_evaluation_slot_hot_swaps_a_flux_lokr_file(tmp_path):
     c, net = _trained("lokr")
-    ours = _outputs(c)
+    ours = flux_outputs(c)
     path = _saved(tmp_path, net)
     model = build_tiny_flux_components(seed=0)
-    base = _outputs(model)
+    base = flux_outputs(model)
     slot = slot_for(model)
     slot.load(path)
     assert set(slot.parts) == {"unet", "text_encoder"}
-    assert _max_diff(_outputs(model), ours) <= TOLERANCE
+    assert max_diff(flux_outputs(model), ours) <= TOLERANCE
     slot.set_strength(1.0, 0.0)
-    pooled, t5, pred = _outputs(model)
+    pooled, t5, pred = flux_outputs(model)
     assert torch.equal(pooled, base[0]) and torch.equal(t5, base[1])
     assert float((pred - base[2]).abs().max()) > 1e-3
     slot.unload()
-    assert _max_diff(_outputs(model), base) <= TOLERANCE
+    assert max_diff(flux_outputs(model), base) <= TOLERANCE
 
 
 def test_a_flux_lycoris_module_with_no_such_layer_is_reported_not_skipped(tmp_path):
