@@ -30,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
+from trainer.models import tiny
 from trainer.models.components import VaeGeometry, seeded_modules
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from trainer.settings.flow import FlowSettings
@@ -60,17 +61,11 @@ TINY_TRANSFORMER_CONFIG = {
     "axes_dims_rope": [4, 6, 6],  # sums to attention_head_dim, as (16, 56, 56) sums to 128
 }
 
+# The tiny SD VAE with FLUX.1's AE latents: 16 channels, its scaling and shift, no quant convs.
 TINY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
+    **tiny.VAE_CONFIG,
     "latent_channels": 16,
-    "norm_num_groups": 8,
-    "sample_size": 64,
-    "scaling_factor": 0.3611,  # FLUX.1's AE
+    "scaling_factor": 0.3611,
     "shift_factor": 0.1159,
     "use_quant_conv": False,
     "use_post_quant_conv": False,

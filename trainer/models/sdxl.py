@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from trainer.models import tiny
 from trainer.models.components import VaeGeometry, seeded_modules
 from trainer.models.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
@@ -59,18 +60,8 @@ TINY_UNET_CONFIG = {
     "projection_class_embeddings_input_dim": TEXT_2_HIDDEN + 6 * TIME_EMBED,
 }
 
-TINY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 8,
-    "sample_size": 64,
-    "scaling_factor": 0.13025,  # SDXL's VAE scaling factor
-}
+# The tiny SD VAE with SDXL's VAE scaling factor.
+TINY_VAE_CONFIG = {**tiny.VAE_CONFIG, "scaling_factor": 0.13025}
 
 _TINY_TEXT_COMMON = {
     "vocab_size": VOCAB_SIZE,
