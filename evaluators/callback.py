@@ -178,6 +178,13 @@ class EvaluationCallback(TrainingCallback):
         scored = {(u, t) for _, u, t in evaluation.scores}
         return set(self.harness.settings.strength_pairs()) - scored
 
+    def _prompts(self) -> list[str]:
+        """The generated prompts in order (one row each in a grid's cell)."""
+        prompts: dict[int, str] = {}
+        for item in self.harness.items():
+            prompts.setdefault(item.prompt_index, item.prompt)
+        return [prompts[k] for k in sorted(prompts)]
+
     def _write(self, evaluation: EpochEvaluation) -> dict[str, Path]:
         if self.output_dir is None:
             return {}
@@ -185,10 +192,13 @@ class EvaluationCallback(TrainingCallback):
         files = {"metrics": write_metrics(evaluation, self.output_dir)}
         if s.save_grids:
             unet, te = list(s.unet_strengths), list(s.te_strengths)
+            prompts = self._prompts() if any(evaluation.images.values()) else []
             if not self._missing_pairs(evaluation):  # not for an epoch scored at 1.0 only
                 files.update(
-                    write_unet_te_grids(evaluation, self.output_dir, unet, te, s.images_per_prompt)
+                    write_unet_te_grids(
+                        evaluation, self.output_dir, unet, te, s.images_per_prompt, prompts
+                    )
                 )
             self._grids.add(evaluation)
-            files.update(self._grids.save(self.output_dir))
+            files.update(self._grids.save(self.output_dir, prompts))
         return files

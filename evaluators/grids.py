@@ -70,13 +70,19 @@ def prompt_rows(
     return out
 
 
-def shown_note(per_prompt: int | None, shown: int = GRID_IMAGES_PER_PROMPT) -> str:
-    """What a cell of :func:`prompt_rows` holds, for a grid's title."""
+def shown_note(
+    per_prompt: int | None, shown: int = GRID_IMAGES_PER_PROMPT, prompts: Sequence[str] = ()
+) -> str:
+    """What a cell of :func:`prompt_rows` holds, for a grid's title (with ``prompts``, which
+    row is which)."""
     if not per_prompt:
         return ""
+    note = " - a row per prompt"
     if per_prompt > shown:
-        return f" - a row per prompt, its first {shown} of {per_prompt} images"
-    return " - a row per prompt"
+        note += f", its first {shown} of {per_prompt} images"
+    if prompts:
+        note += ": " + "; ".join(f"{k}. {prompt}" for k, prompt in enumerate(prompts, start=1))
+    return note
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str) -> int:

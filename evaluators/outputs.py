@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -70,8 +71,10 @@ def unet_te_grid(
     unet: list[float],
     te: list[float],
     per_prompt: int | None = None,
+    prompts: Sequence[str] = (),
 ) -> Image.Image:
-    """``per_prompt``: images per prompt (each cell a row per prompt; else one strip)."""
+    """``per_prompt``: images per prompt (each cell a row per prompt; else one strip);
+    ``prompts``: the rows' prompts, listed in the title."""
     images = evaluation.images
     cells = {
         (f"unet {u!r}", f"te {t!r}"): prompt_rows(images[(checkpoint, u, t)], per_prompt)
@@ -80,7 +83,7 @@ def unet_te_grid(
         if images.get((checkpoint, u, t))
     }
     title = f"epoch {evaluation.epoch} - {checkpoint} - UNet x TE strength"
-    title += shown_note(per_prompt)
+    title += shown_note(per_prompt, prompts=prompts)
     if evaluation.random_weights:
         title += " (random-weight scorers)"
     return labelled_grid(cells, [f"unet {u!r}" for u in unet], [f"te {t!r}" for t in te], title)
@@ -92,13 +95,14 @@ def write_unet_te_grids(
     unet: list[float],
     te: list[float],
     per_prompt: int | None = None,
+    prompts: Sequence[str] = (),
 ) -> dict[str, Path]:
     """One UNet x TE grid per checkpoint (nothing when the grid is empty)."""
     if not unet or not te or not any(evaluation.images.values()):
         return {}
     files = {}
     for checkpoint in evaluation.checkpoints:
-        grid = unet_te_grid(evaluation, checkpoint, unet, te, per_prompt)
+        grid = unet_te_grid(evaluation, checkpoint, unet, te, per_prompt, prompts)
         name = _name(f"unet_x_te-{_safe(checkpoint)}", ".png", evaluation.random_weights)
         files[f"grid_unet_x_te/{checkpoint}"] = save_png(
             grid, epoch_dir(out_dir, evaluation.epoch) / name
@@ -122,7 +126,8 @@ class EpochStrengthGrids:
                 row = self.rows.setdefault(checkpoint, {}).setdefault(evaluation.epoch, {})
                 row[u] = prompt_rows(images, self.per_prompt)
 
-    def save(self, out_dir: Path) -> dict[str, Path]:
+    def save(self, out_dir: Path, prompts: Sequence[str] = ()) -> dict[str, Path]:
+        """``prompts``: the rows' prompts of every cell, listed in the title."""
         files = {}
         columns = [f"s={float(s)!r}" for s in self.strengths]
         for checkpoint, rows in self.rows.items():
@@ -133,7 +138,8 @@ class EpochStrengthGrids:
                 for i, s in enumerate(self.strengths)
                 if s in rows[e]
             }
-            title = f"{checkpoint} - epoch x strength (UNet = TE)" + shown_note(self.per_prompt)
+            title = f"{checkpoint} - epoch x strength (UNet = TE)"
+            title += shown_note(self.per_prompt, prompts=prompts)
             grid = labelled_grid(cells, [f"epoch {e}" for e in epochs], columns, title)
             name = _name(f"epoch_x_strength-{_safe(checkpoint)}", ".png", self.random_weights)
             files[f"grid_epoch_x_strength/{checkpoint}"] = save_png(grid, out_dir / name)

@@ -50,6 +50,10 @@ def test_the_title_says_what_a_cell_holds():
     assert grids.shown_note(8, 4) == " - a row per prompt, its first 4 of 8 images"
     assert grids.shown_note(2, 4) == " - a row per prompt"
     assert grids.shown_note(None) == ""
+    # With the prompts: which row is which.
+    assert grids.shown_note(2, 4, ["a sks star", "a red star"]) == (
+        " - a row per prompt: 1. a sks star; 2. a red star"
+    )
 
 
 def _evaluation(epoch: int, prompts: int, per_prompt: int):
