@@ -16,23 +16,22 @@ which loads each model once and keeps it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from torch.nn import functional as F
 
+from evaluators.scoring_sources import TINY
+from evaluators.scoring_sources import offline as _offline
+from evaluators.scoring_sources import resolve_source as _resolve
 from trainer.errors import ModelLoadError
-from trainer.models.loading import classify_source
 from trainer.models.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
 _TINY_IMAGE = 32
 _TINY_SEED = 0
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EnvironmentError)
@@ -55,56 +54,10 @@ class DinoBundle:
     random_weights: bool
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _pil_processor(name: str, **kwargs) -> Any:
     """The PIL-backend image processor class ``name`` (transformers 5), or the classic one."""
     cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
     return cls(**kwargs)
-
-
-def _resolve(key: str, value: str) -> tuple[str, str]:
-    """("folder", path) or ("hub", id); a clear error for a missing path or a file."""
-    kind, location = classify_source(value, key=key)
-    if kind == "single_file":
-        raise ModelLoadError(
-            f"{key}: {location} is a file; expected a transformers model directory (holding "
-            f"config.json), a hub id 'owner/name', or 'tiny'"
-        )
-    if kind == "folder" and not (Path(location) / "config.json").is_file():
-        raise ModelLoadError(
-            f"{key}: {location} has no config.json, so it is not a transformers model directory"
-        )
-    return kind, str(location)
-
-
-def scoring_model_problem(key: str, value: str) -> str | None:
-    """Why the scoring model ``value`` of ``eval.<key>`` cannot load, or None; checked before
-    training (nothing is loaded): a local directory must hold config.json, and a hub id must be
-    in the local Hugging Face cache when HF_HUB_OFFLINE is set."""
-    if value == TINY:
-        return None
-    allowed = "allowed: 'tiny', a hub id 'owner/name', or a local transformers model directory"
-    try:
-        classify_source(value, key=key)
-    except ModelLoadError:
-        return f"{key}: {value!r} does not exist (the scoring model); {allowed}"
-    try:
-        kind, location = _resolve(key, value)
-    except ModelLoadError as error:
-        return f"{error} (the scoring model); {allowed}"
-    if kind == "hub" and _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(location, "config.json"), str):
-            return (
-                f"{key}: {value!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                "set; download it first, or give a local model directory (holding config.json) "
-                "or 'tiny' (the scoring model)"
-            )
-    return None
 
 
 def _pretrained(key: str, value: str, *classes: Any) -> list[Any]:

@@ -350,7 +350,7 @@ def eval_config_problems(eval_cfg: Any, models: bool = True) -> list[str]:
 
 def scoring_model_problems(settings: EvalSettings) -> list[str]:
     """The scoring models of the chosen metrics that cannot load (nothing is loaded)."""
-    from evaluators.scoring_models import scoring_model_problem
+    from evaluators.scoring_sources import scoring_model_problem
 
     used = {
         "clip_model": {"clip_i", "clip_t"} & set(settings.metrics),

@@ -73,7 +73,7 @@ def vae_problem(vae: str) -> str | None:
     """Why ``model.vae`` cannot be loaded, or None, without loading it: the file must exist
     and hold VAE weights (its header is read), a folder must be a diffusers VAE or pipeline
     folder; hub ids are accepted as given."""
-    from trainer.models.loading import classify_source
+    from trainer.models.sources import classify_source
 
     allowed = (
         "allowed: null (the base model's own VAE), a .safetensors/.ckpt VAE file, a diffusers "

@@ -50,3 +50,24 @@ def test_world_stage_help_parses_that_stages_own_options():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--norm-groups" in proc.stdout
+
+
+def test_checking_a_scoring_model_or_a_model_path_imports_no_model_library(tmp_path):
+    """The checks before a sweep's first trial (scoring models, model paths) answer without
+    diffusers, transformers or torch: a refused sweep says so in the time Python starts."""
+    code = (
+        "import sys\n"
+        "from evaluators.scoring_sources import scoring_model_problem\n"
+        "from trainer.models.sources import classify_source\n"
+        f"print(scoring_model_problem('eval.clip_model', {str(tmp_path / 'clip')!r}))\n"
+        "print(classify_source('owner/name'))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("eval.clip_model: ") and "does not exist" in lines[0]
+    assert lines[1] == "('hub', 'owner/name')"
+    assert lines[2] == "[]"

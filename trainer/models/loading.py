@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,12 +28,12 @@ from trainer.families import get_family
 from trainer.models import tiny
 from trainer.models.components import SDComponents
 from trainer.models.ldm_format import (
-    SINGLE_FILE_SUFFIXES,
     read_state_dict,
     text_encoder_from_ldm,
     unet_from_ldm,
     vae_from_ldm,
 )
+from trainer.models.sources import classify_source
 from trainer.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
 
 # The model keys are read by trainer.settings.model (no model library imported there).
@@ -47,8 +46,6 @@ from trainer.settings.model import (  # noqa: F401 (re-exported for the loader's
 )
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FILE_LIKE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
@@ -59,29 +56,6 @@ def check_clip_skip(clip_skip: int, num_layers: int) -> None:
             f"model.clip_skip: {clip_skip} is out of range for this text encoder; "
             f"allowed: 1..{num_layers} (it has {num_layers} layers)"
         )
-
-
-def classify_source(value: str, key: str = "model.path") -> tuple[str, str | Path]:
-    """``("single_file" | "folder", Path)`` or ``("hub", id)``; a clear error otherwise."""
-    path = Path(value).expanduser()
-    if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ModelLoadError(
-                f"{key}: {path}: unsupported file type {path.suffix!r}; accepted: {ACCEPTED_PATHS}"
-            )
-        return "single_file", path
-    if path.is_dir():
-        return "folder", path
-    file_like = (
-        value.startswith(("/", ".", "~"))
-        or "\\" in value
-        or path.suffix.lower() in _FILE_LIKE_SUFFIXES
-    )
-    if _HUB_ID.match(value) and not file_like:
-        return "hub", value
-    if file_like or "/" in value:
-        raise ModelLoadError(f"{key}: file not found: {path} (accepted: {ACCEPTED_PATHS})")
-    raise ModelLoadError(f"{key}: {value!r} is not accepted; accepted: {ACCEPTED_PATHS}")
 
 
 # --- architecture configs for single files ----------------------------------------------------
