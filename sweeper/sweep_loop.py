@@ -51,6 +51,7 @@ from sweeper.resume import check_data, reseed
 from sweeper.search_config import SearchSettings, build_search_space, read_settings
 from sweeper.search_space import SearchSpace, format_value
 from sweeper.search_values import fixed_problems
+from sweeper.slurm import cancel_jobs, jobs_of
 from sweeper.storage import Heartbeat, make_storage, storage_problem, storage_url
 from sweeper.study import (
     DONE,
@@ -346,9 +347,12 @@ class SweepRunner:
         """Ctrl-C / SIGTERM during a batch: its unfinished trials fail now (not RUNNING until
         their heartbeat goes stale) and are queued again with the same parameters."""
         name = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+        stopped = []
         for trial in trials:
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
+            stored = study._storage.get_trial(trial._trial_id)
+            if stored.state.is_finished():
                 continue
+            stopped.append(stored.user_attrs)
             trial.set_user_attr(
                 "fail_reason", f"interrupted by {name}; queued again with the same parameters"
             )
@@ -356,6 +360,7 @@ class SweepRunner:
             study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
             record_trial(self.tracker, study, trial.number)
             log.warning("trial %d interrupted by %s: failed and queued again", trial.number, name)
+        cancel_jobs(jobs_of(stopped))  # hydra/launcher=submitit_slurm: the jobs still run
 
     def _run_batch(self, study, storage, settings, trials: list, plan: tuple) -> None:
         """Sample the asked trials, launch them, tell the study. Their heartbeat beats from

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 
 import optuna
 import pytest
@@ -14,6 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from sweep_helpers import PROJECT_DIR, results
 
+from sweeper import sweep_loop
+from sweeper.interrupt import Interrupted
 from sweeper.sweep_loop import ResultsNotWrittenError, SweepAbortedError, SweepRunner
 from trainer.atomic_write import atomic_path
 
@@ -218,3 +221,74 @@ def test_the_world_experiment_starts_with_its_recipe(runner_for):
     assert _searched(launcher.batches[0][0]) == {"network.dim": "16", "optimizer.lr": "0.002"}
     trials = optuna.load_study(study_name=summary["study_name"], storage=summary["storage"]).trials
     assert [t.number for t in trials if "fixed_params" in t.system_attrs] == [0]
+
+
+class SlurmJobsThenSigterm:
+    """A launcher whose jobs started in Slurm (each trial records its job, as
+    ``sweeper.trial`` does in the job) when SIGTERM reaches the sweeper."""
+
+    def __init__(self, storage: str, jobs: dict[int, tuple[str, str]]):
+        self.storage, self.jobs = storage, jobs  # trial number -> (job id, job worker)
+
+    def launch(self, job_overrides, initial_job_idx):
+        (summary,) = optuna.get_all_study_summaries(self.storage)
+        study = optuna.load_study(study_name=summary.study_name, storage=self.storage)
+        for trial in study.trials:
+            if trial.number in self.jobs:
+                job, worker = self.jobs[trial.number]
+                study._storage.set_trial_user_attr(trial._trial_id, "slurm_job_id", job)
+                study._storage.set_trial_user_attr(trial._trial_id, "job_worker", worker)
+        raise Interrupted(signal.SIGTERM)
+
+
+def _fake_scancel(folder, exit_code: int = 0):
+    folder.mkdir()
+    calls = folder / "calls"
+    script = folder / "scancel"
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\necho "no such job" >&2\nexit {exit_code}\n'
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_an_interrupted_sweep_cancels_the_slurm_jobs_of_its_trials(
+    runner_for, tmp_path, monkeypatch, caplog
+):
+    calls = _fake_scancel(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the sweeper runs in an allocation of its own
+    storage = f"sqlite:///{tmp_path / 'runs' / 'lorasweep_optuna.db'}"
+    # Trial 0 runs in job 101 on a node; trial 1 was launched in the sweeper's own job (77),
+    # trial 2 in its own job but in the sweeper's process: neither of those is cancelled.
+    launcher = SlurmJobsThenSigterm(
+        storage, {0: ("101", "node-a:12"), 1: ("77", "node-b:3"), 2: ("102", "SWEEPER")}
+    )
+    runner, args = runner_for(launcher, "search.n_trials=3", "search.n_jobs=3")
+    real_worker = sweep_loop.worker_name
+    monkeypatch.setattr(sweep_loop, "worker_name", lambda: "SWEEPER")
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        runner.run(args)
+    monkeypatch.setattr(sweep_loop, "worker_name", real_worker)
+    assert calls.read_text().split() == ["101"]
+    assert "cancelled the interrupted trials' Slurm jobs: 101" in caplog.text
+    trials = optuna.load_study(
+        study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage
+    ).trials
+    assert [t.state.name for t in trials[:3]] == ["FAIL"] * 3  # and queued again
+    assert [t.state.name for t in trials[3:]] == ["WAITING"] * 3
+
+
+def test_a_failing_scancel_says_what_to_run_by_hand(tmp_path, monkeypatch, caplog):
+    from sweeper.slurm import cancel_jobs
+
+    calls = _fake_scancel(tmp_path / "bin", exit_code=1)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    with caplog.at_level("WARNING"):
+        assert cancel_jobs(["5", "6"]) is False
+    assert calls.read_text().split() == ["5", "6"]
+    assert "scancel exited 1: no such job" in caplog.text and "run `scancel 5 6`" in caplog.text
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scancel at all
+    with caplog.at_level("WARNING"):
+        assert cancel_jobs(["7"]) is False
+    assert "run `scancel 7`" in caplog.text
