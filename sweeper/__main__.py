@@ -40,6 +40,8 @@ def main(cfg: DictConfig):
         cfg = explicit_wins(family_defaults(cfg, override_keys(overrides)), overrides)
         # A sweep's trial is checked by the trial itself (it records the failure).
         spec = None if HydraConfig.get().mode == RunMode.MULTIRUN else read_settings(cfg)
+        if spec is not None:
+            spec = check_libraries(cfg, spec)
         from sweeper.task import run_task  # the model libraries: the config is good
 
         with interruptible():
@@ -66,6 +68,16 @@ def read_settings(cfg: DictConfig):
     from trainer.settings.spec import read_run_spec
 
     return read_run_spec(cfg, extra_checks=[key_problems])
+
+
+def check_libraries(cfg: DictConfig, spec):
+    """The checks that need a library but no model (the optimizer's class accepts its
+    arguments, the VAE file's header, the scoring models are there), before the model
+    libraries are imported: a refused run says so in the time torch takes to import."""
+    from sweeper.checks import scoring_model_problems
+    from trainer.validate import validate_run
+
+    return validate_run(cfg, extra_checks=[scoring_model_problems], spec=spec)
 
 
 def multirun_flag_first(argv: list[str]) -> list[str]:

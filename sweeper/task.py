@@ -25,7 +25,6 @@ from sweeper.checks import (
     needs_evaluation,
     objective_metrics,
     run_problems,
-    scoring_model_problems,
 )
 from trainer.loop.callbacks import TrainingCallback
 from trainer.run import train_from_config
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def run_task(cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None) -> Any:
     """One job: a trial's outcome (dict) under the sweeper, else the last-epoch mean loss.
-    ``spec``: the run's settings, already read (``python -m sweeper`` reads them first);
+    ``spec``: the run's settings, already checked (``python -m sweeper`` checks them first);
     ``pool``: where the evaluation loads its models, kept by the caller across jobs (default:
     a new one for this job)."""
     if cfg.get("optuna") is not None:
@@ -53,16 +52,17 @@ def run_task(cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | Non
 def run_single(
     cfg: DictConfig, spec: RunSpec | None = None, pool: ModelPool | None = None
 ) -> float:
-    """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run."""
+    """Train (and evaluate, when the objective needs it) once, tracked as one MLflow run.
+    ``spec``: the run's settings, already checked (keys, data and libraries); else checked
+    here."""
     from sweeper.tracking import MlflowCallback, single_run
 
     metrics = objective_metrics(cfg)
     directions = list(OmegaConf.select(cfg, "search.directions", default=None) or ["maximize"])
-    # Bad input stops here, before a tracked run exists: a typo is not an experiment.
+    # Bad input stops here, before a tracked run exists: a typo is not an experiment. (A spec
+    # from ``python -m sweeper`` was checked there, libraries included.)
     if spec is None:
         spec = validate_run(cfg, extra_checks=[run_problems])
-    else:
-        spec = validate_run(cfg, extra_checks=[scoring_model_problems], spec=spec)
     with single_run(cfg) as run:
         callbacks: list[TrainingCallback] = [
             LogMetrics(),

@@ -125,7 +125,8 @@ def test_cli_reports_them_all_at_once_before_loading(tmp_path):
     env = {**os.environ, "LORASWEEP_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "sweeper", f"model.vae={tmp_path / 'vae.safetensors'}",
+        [sys.executable, "-X", "importtime", "-m", "sweeper",
+         f"model.vae={tmp_path / 'vae.safetensors'}",
          "+optimizer.args.weight_decay=-1", f"eval.clip_model={tmp_path / 'clip'}",
          f"hydra.run.dir={run_dir}", "tracking.enabled=false"],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
@@ -135,3 +136,7 @@ def test_cli_reports_them_all_at_once_before_loading(tmp_path):
     for key in ("model.vae:", "optimizer.args.weight_decay:", "eval.clip_model:"):
         assert key in proc.stderr
     assert not list(run_dir.glob("*.safetensors"))
+    # Refused before the model libraries are imported (-X importtime lists every import).
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()}
+    assert "torch" in imported  # the optimizer's class checked its arguments
+    assert not {"diffusers", "mlflow", "transformers"} & imported
