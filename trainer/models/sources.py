@@ -10,16 +10,15 @@ from pathlib import Path
 from trainer.errors import ModelLoadError
 from trainer.settings.model import ACCEPTED_PATHS, MODEL_SUFFIXES
 
-SINGLE_FILE_SUFFIXES = MODEL_SUFFIXES
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FILE_LIKE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
+_FILE_LIKE_SUFFIXES = (*MODEL_SUFFIXES, ".bin", ".gguf", ".json", ".yaml", ".yml")
 
 
 def classify_source(value: str, key: str = "model.path") -> tuple[str, str | Path]:
     """``("single_file" | "folder", Path)`` or ``("hub", id)``; a clear error otherwise."""
     path = Path(value).expanduser()
     if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        if path.suffix.lower() not in MODEL_SUFFIXES:
             raise ModelLoadError(
                 f"{key}: {path}: unsupported file type {path.suffix!r}; accepted: {ACCEPTED_PATHS}"
             )
